@@ -1,0 +1,8 @@
+"""fastrnn: fused Numba kernels for recurrent networks on the CPU."""
+
+from . import functional, reference, testing
+from ._parallel import get_num_threads, set_num_threads
+from .layers import RNN
+
+__all__ = ["RNN", "functional", "get_num_threads", "reference", "set_num_threads", "testing"]
+__version__ = "0.1.0"

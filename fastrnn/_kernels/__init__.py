@@ -1,0 +1,1 @@
+"""Private numba kernels: arrays in, arrays out, no validation."""

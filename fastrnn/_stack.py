@@ -1,0 +1,177 @@
+"""The compiled engine: stacks layer-direction kernels into layers, directions and dropout.
+
+Nothing here runs per time step: each layer-direction is one kernel call over the whole
+sequence. Cell kinds plug in through ``CELL_KERNELS``; this module only knows how layers
+connect (inputs, dropout, the two directions) and what backward needs to keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from ._dropout import dropout_mask
+from ._kernels import elman
+from ._parallel import run_tasks
+from ._spec import StackSpec
+
+CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
+
+# Steps per chunk when a unidirectional stack runs without keeping state for backward:
+# layers advance chunk by chunk, so memory stays O(chunk * B * H) per layer while the
+# input projection is still one large GEMM per chunk.
+INFERENCE_CHUNK_STEPS = 64
+
+# Below this much work per layer-direction (T*B*H*(F+H) multiply-adds), handing a
+# direction to another thread costs more than it saves.
+PARALLEL_DIRECTION_WORK = 2_000_000
+
+
+@dataclass
+class LayerState:
+    layer_input: np.ndarray | None  # (T, B, F); None when rebuilt from the layer below
+    hidden: np.ndarray  # (T, B, D*H): every h_t, the only per-step memory kept
+    h0: np.ndarray  # (D, B, H)
+    input_mask: np.ndarray | None  # dropout applied to this layer's input
+
+
+@dataclass
+class StackState:
+    spec: StackSpec
+    params: dict[str, np.ndarray]
+    layers: list[LayerState]
+
+
+def _direction_args(spec: StackSpec, params, layer: int, direction: int):
+    names = spec.direction_names(layer, direction)
+    weight_ih = np.ascontiguousarray(params[names[0]]).ravel()
+    weight_hh = np.ascontiguousarray(params[names[1]]).ravel()
+    if spec.bias:
+        bias = (params[names[2]] + params[names[3]]).ravel()
+    else:
+        bias = np.zeros(0, dtype=weight_ih.dtype)
+    return weight_ih, weight_hh, bias
+
+
+def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
+    """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B, H) for one layer."""
+    kernels = CELL_KERNELS[spec.cell]
+    steps, batch, features = layer_input.shape
+    width = hidden.shape[2]
+    flat_input = layer_input.reshape(-1)
+    flat_hidden = hidden.reshape(-1)
+    use_relu = spec.cell == "rnn_relu"
+    tasks = []
+    for direction in range(spec.directions):
+        weight_ih, weight_hh, bias = _direction_args(spec, params, layer, direction)
+        tasks.append(
+            partial(
+                kernels.forward_direction,
+                flat_input, features, weight_ih, weight_hh, bias, spec.bias,
+                h0[direction].reshape(-1), flat_hidden, steps, batch, width,
+                direction * spec.hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1),
+            )
+        )
+    work = steps * batch * spec.hidden_size * (features + spec.hidden_size)
+    run_tasks(tasks, parallel=work >= PARALLEL_DIRECTION_WORK)
+
+
+def forward(spec, x, h0, params, dropout, training, requires_grad, generator):
+    steps, batch, _ = x.shape
+    width = spec.directions * spec.hidden_size
+    h_n = np.empty((spec.num_layers * spec.directions, batch, spec.hidden_size), dtype=x.dtype)
+    use_dropout = training and dropout > 0.0 and spec.num_layers > 1
+    if not requires_grad and not use_dropout and spec.directions == 1 and spec.num_layers > 1:
+        return _forward_chunked(spec, x, h0, params, h_n), h_n, None
+    if use_dropout and generator is None:
+        generator = np.random.default_rng()
+    layers = []
+    layer_input, input_mask = x, None
+    for layer in range(spec.num_layers):
+        hidden = np.empty((steps, batch, width), dtype=x.dtype)
+        rows = slice(layer * spec.directions, (layer + 1) * spec.directions)
+        _forward_layer(spec, params, layer, layer_input, h0[rows], hidden, h_n[rows])
+        if requires_grad:
+            kept_input = layer_input if input_mask is None else None
+            layers.append(LayerState(kept_input, hidden, h0[rows], input_mask))
+        if use_dropout and layer < spec.num_layers - 1:
+            input_mask = dropout_mask(generator, hidden.shape, dropout, x.dtype)
+            layer_input = hidden * input_mask
+        else:
+            layer_input, input_mask = hidden, None
+    state = StackState(spec, params, layers) if requires_grad else None
+    return layer_input, h_n, state
+
+
+def _forward_chunked(spec, x, h0, params, h_n):
+    """Inference for a unidirectional stack: all layers advance one chunk of steps at a time."""
+    steps, batch, _ = x.shape
+    output = np.empty((steps, batch, spec.hidden_size), dtype=x.dtype)
+    chunk = min(INFERENCE_CHUNK_STEPS, steps)
+    scratch = [
+        np.empty((chunk, batch, spec.hidden_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)
+    ]
+    state = h0.copy()
+    for start in range(0, steps, chunk):
+        stop = min(start + chunk, steps)
+        layer_input = x[start:stop]
+        for layer in range(spec.num_layers):
+            last = layer == spec.num_layers - 1
+            hidden = output[start:stop] if last else scratch[layer][: stop - start]
+            _forward_layer(spec, params, layer, layer_input, state[layer : layer + 1], hidden, h_n[layer : layer + 1])
+            state[layer] = h_n[layer]
+            layer_input = hidden
+    return output
+
+
+def backward(state: StackState, grad_output, grad_h_n, grads):
+    spec, params = state.spec, state.params
+    kernels = CELL_KERNELS[spec.cell]
+    use_relu = spec.cell == "rnn_relu"
+    grad_hx = np.empty_like(grad_h_n)
+    grad_hidden = grad_output  # owned by us: the front end hands over a fresh copy
+    for layer in reversed(range(spec.num_layers)):
+        saved = state.layers[layer]
+        if saved.layer_input is not None:
+            layer_input = saved.layer_input
+        else:
+            layer_input = state.layers[layer - 1].hidden * saved.input_mask
+        steps, batch, features = layer_input.shape
+        width = saved.hidden.shape[2]
+        flat_input = layer_input.reshape(-1)
+        flat_grad = grad_hidden.reshape(-1)
+        tasks = []
+        for direction in range(spec.directions):
+            names = spec.direction_names(layer, direction)
+            _, weight_hh, _ = _direction_args(spec, params, layer, direction)
+            if spec.bias:
+                grad_bias_ih, grad_bias_hh = grads[names[2]], grads[names[3]]
+            else:
+                grad_bias_ih = grad_bias_hh = np.zeros(0, dtype=grad_output.dtype)
+            row = layer * spec.directions + direction
+            tasks.append(
+                partial(
+                    kernels.backward_direction,
+                    flat_input, features, weight_hh, saved.h0[direction].reshape(-1),
+                    saved.hidden.reshape(-1), flat_grad, grad_h_n[row].reshape(-1), steps, batch,
+                    width, direction * spec.hidden_size, direction == 1, use_relu,
+                    grads[names[0]].reshape(-1), grads[names[1]].reshape(-1),
+                    grad_bias_ih.reshape(-1), grad_bias_hh.reshape(-1), spec.bias,
+                    grad_hx[row].reshape(-1),
+                )
+            )
+        work = steps * batch * spec.hidden_size * (features + spec.hidden_size)
+        run_tasks(tasks, parallel=work >= PARALLEL_DIRECTION_WORK)
+        grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
+        for direction in range(spec.directions):
+            weight_ih, _, _ = _direction_args(spec, params, layer, direction)
+            kernels.input_gradient(
+                flat_grad, width, direction * spec.hidden_size, weight_ih, spec.hidden_size,
+                features, steps * batch, 0.0 if direction == 0 else 1.0, grad_input.reshape(-1),
+            )
+        if saved.input_mask is not None:
+            grad_input *= saved.input_mask
+        grad_hidden = grad_input
+    return grad_hidden, grad_hx

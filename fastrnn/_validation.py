@@ -1,0 +1,132 @@
+"""Up-front checks for the public API: every message says what was expected and what was got."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._spec import NONLINEARITIES, StackSpec
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r} of type {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_dropout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1], got {value!r} of type {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1], got {value}")
+    return float(value)
+
+
+def check_nonlinearity(value: Any) -> str:
+    if value not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {sorted(NONLINEARITIES)}, got {value!r}")
+    return NONLINEARITIES[value]
+
+
+def check_dtype(value: Any) -> np.dtype:
+    try:
+        dtype = np.dtype(value)
+    except TypeError as error:
+        raise TypeError(f"dtype must be float32 or float64, got {value!r}") from error
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def as_array(name: str, value: Any, dtype: np.dtype | None) -> np.ndarray:
+    """View ``value`` as an ndarray without copying or casting; reject what does not fit.
+
+    ``dtype=None`` accepts either float dtype (the functional API takes it from ``x``).
+    """
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as error:  # array-likes fail in many ways; report them all alike
+            raise TypeError(
+                f"{name} must be an array of float32 or float64, got {type(value).__name__} "
+                f"that cannot be converted: {error}"
+            ) from error
+    if array.dtype not in FLOAT_DTYPES:
+        wanted = dtype if dtype is not None else "float32 or float64"
+        raise TypeError(f"{name} must be an array of dtype {wanted}, got dtype {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {array.dtype} but the layer's dtype is {dtype}; "
+            f"convert it with .astype(np.{dtype}) or build the layer with dtype=np.{array.dtype}"
+        )
+    return array
+
+
+def spec_from_params(params: Mapping[str, Any], cell: str) -> tuple[StackSpec, dict[str, np.ndarray]]:
+    """Infer the stack's shape from torch-style parameter names and check it is complete."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of parameter names to arrays, got {type(params).__name__}")
+    if "weight_ih_l0" not in params or "weight_hh_l0" not in params:
+        raise ValueError(
+            f"params must contain at least 'weight_ih_l0' and 'weight_hh_l0', got keys {sorted(params)}"
+        )
+    num_layers = 0
+    while f"weight_ih_l{num_layers}" in params:
+        num_layers += 1
+    first_ih = np.shape(params["weight_ih_l0"])
+    first_hh = np.shape(params["weight_hh_l0"])
+    if len(first_ih) != 2 or len(first_hh) != 2:
+        raise ValueError(
+            f"weight_ih_l0 and weight_hh_l0 must be 2-D, got shapes {first_ih} and {first_hh}"
+        )
+    spec = StackSpec(
+        cell=cell,
+        input_size=int(first_ih[1]),
+        hidden_size=int(first_hh[1]),
+        num_layers=num_layers,
+        bias="bias_ih_l0" in params,
+        bidirectional="weight_ih_l0_reverse" in params,
+    )
+    return spec, check_state_dict(spec, params, None)
+
+
+def check_state_dict(spec: StackSpec, params: Mapping[str, Any], dtype: np.dtype | None) -> dict[str, np.ndarray]:
+    """Return the parameters as ndarrays; raise naming any missing, extra or mis-shaped entry."""
+    expected = spec.parameter_shapes()
+    missing = [name for name in expected if name not in params]
+    extra = [name for name in params if name not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if extra:
+        problems.append(f"unexpected {extra}")
+    arrays = {}
+    for name, shape in expected.items():
+        if name not in params:
+            continue
+        value = params[name]
+        try:
+            array = np.asarray(value)
+        except Exception as error:
+            raise TypeError(f"parameter {name!r} cannot be converted to an array: {error}") from error
+        if array.shape != shape:
+            problems.append(f"{name!r} expected shape {shape}, got {array.shape}")
+        arrays[name] = array
+    if problems:
+        raise ValueError("state dict does not match the layer: " + "; ".join(problems))
+    for name, array in arrays.items():
+        if dtype is None:
+            if array.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"parameter {name!r} must be float32 or float64, got dtype {array.dtype}")
+        elif not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f"parameter {name!r} must hold real numbers, got dtype {array.dtype}")
+    return arrays

@@ -1,0 +1,174 @@
+"""Gradient checking for fastrnn layers and functional calls.
+
+Example, inside a user's test::
+
+    rnn = fastrnn.RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    report = fastrnn.testing.gradcheck(rnn, x)   # raises GradcheckError on a mismatch
+    report["weight_hh_l1_reverse"].max_abs_error
+
+The check compares ``backward`` against central differences of ``forward`` for the
+scalar loss ``sum(output * G) + sum(h_n * G_h)``, with fixed random ``G`` and ``G_h``, for
+the input, the initial state and every parameter. It needs float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["GradcheckError", "GradcheckResult", "gradcheck"]
+
+
+class GradcheckError(AssertionError):
+    """Raised when an analytic gradient disagrees with central differences."""
+
+
+@dataclass(frozen=True)
+class GradcheckResult:
+    """Worst disagreement for one tensor; ``passed`` is ``|a - n| <= atol + rtol*|n|`` everywhere."""
+
+    max_abs_error: float
+    max_rel_error: float
+    passed: bool
+
+
+def _layer_calls(layer, x, hx):
+    """Forward/backward closures over a layer's own parameter arrays."""
+    state = layer.generator.bit_generator.state
+
+    def forward(inputs):
+        layer.generator.bit_generator.state = state  # the same dropout mask every time
+        return layer.forward(inputs["input"], inputs["hx"], requires_grad=inputs.pop("_keep", False))
+
+    def backward(grad_output, grad_h_n):
+        layer.zero_grad()
+        grad_x, grad_hx = layer.backward(grad_output, grad_h_n)
+        return grad_x, grad_hx, layer.grads
+
+    if layer.dtype != np.float64:
+        raise TypeError(f"gradcheck needs a float64 layer for central differences, got {layer.dtype}")
+    return forward, backward, layer.state_dict()
+
+
+def _functional_calls(module, params, options):
+    generator = options.get("generator")
+    state = generator.bit_generator.state if generator is not None else None
+    arrays = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
+    saved_holder = {}
+
+    def forward(inputs):
+        if generator is not None:
+            generator.bit_generator.state = state
+        keep = inputs.pop("_keep", False)
+        output, h_n, saved = module.rnn_forward(inputs["input"], inputs["hx"], arrays, requires_grad=keep, **options)
+        saved_holder["saved"] = saved
+        return output, h_n
+
+    def backward(grad_output, grad_h_n):
+        return module.rnn_backward(saved_holder["saved"], grad_output, grad_h_n)
+
+    return forward, backward, arrays
+
+
+def gradcheck(
+    target: Any,
+    x: ArrayLike,
+    hx: ArrayLike | None = None,
+    *,
+    params: Mapping[str, ArrayLike] | None = None,
+    eps: float = 1e-6,
+    atol: float = 1e-7,
+    rtol: float = 1e-5,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+    **options: Any,
+) -> dict[str, GradcheckResult]:
+    """Check ``target``'s gradients against central differences in float64.
+
+    ``target`` is a layer (``fastrnn.RNN`` or ``fastrnn.reference.RNN``) or a module with
+    ``rnn_forward``/``rnn_backward`` (``fastrnn.functional``, ``fastrnn.reference``); the
+    latter also needs ``params`` and takes the functional keyword ``options``
+    (``nonlinearity``, ``batch_first``, ``dropout``, ``training``, ``generator``).
+
+    Returns the worst absolute and relative error per tensor, keyed ``"input"``, ``"hx"``
+    and the parameter names. Raises :class:`GradcheckError` with a per-tensor report when
+    any element exceeds ``atol + rtol * |numeric|``, unless ``raise_on_failure`` is false.
+    """
+    x = np.array(x, dtype=np.float64)
+    if hasattr(target, "backward") and hasattr(target, "state_dict"):
+        if params is not None or options:
+            raise TypeError("gradcheck of a layer takes no params or functional options")
+        forward, backward, tensors = _layer_calls(target, x, hx)
+    elif hasattr(target, "rnn_forward") and hasattr(target, "rnn_backward"):
+        if params is None:
+            raise TypeError("gradcheck of a functional module needs params=")
+        forward, backward, tensors = _functional_calls(target, params, options)
+    else:
+        raise TypeError(
+            "gradcheck target must be a layer or a module with rnn_forward/rnn_backward, "
+            f"got {type(target).__name__}"
+        )
+    inputs = {"input": x, "hx": None if hx is None else np.array(hx, dtype=np.float64)}
+    output, h_n = forward({**inputs, "_keep": True})
+    if inputs["hx"] is None:
+        # Check the initial state too: differentiate at the zeros it defaults to.
+        inputs["hx"] = np.zeros_like(h_n)
+    rng = np.random.default_rng(seed)
+    grad_output = rng.standard_normal(output.shape)
+    grad_h_n = rng.standard_normal(h_n.shape)
+    forward({**inputs, "_keep": True})
+    grad_x, grad_hx, param_grads = backward(grad_output, grad_h_n)
+    analytic = {"input": grad_x, "hx": grad_hx, **{name: param_grads[name].copy() for name in tensors}}
+    perturbed = {"input": inputs["input"], "hx": inputs["hx"], **tensors}
+
+    def loss() -> float:
+        out, last = forward(dict(inputs))
+        return float(np.sum(out * grad_output) + np.sum(last * grad_h_n))
+
+    results = {}
+    for name, array in perturbed.items():
+        numeric = _central_differences(array, loss, eps)
+        results[name] = _compare(analytic[name], numeric, atol, rtol)
+    failed = [name for name, result in results.items() if not result.passed]
+    if failed and raise_on_failure:
+        raise GradcheckError(_report(results, atol, rtol))
+    return results
+
+
+def _central_differences(array: np.ndarray, loss: Callable[[], float], eps: float) -> np.ndarray:
+    numeric = np.empty(array.shape)
+    flat = array.reshape(-1)  # every tensor here is contiguous, so this is a view
+    for index in range(flat.size):
+        original = flat[index]
+        flat[index] = original + eps
+        plus = loss()
+        flat[index] = original - eps
+        minus = loss()
+        flat[index] = original
+        numeric.reshape(-1)[index] = (plus - minus) / (2 * eps)
+    return numeric
+
+
+def _compare(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float) -> GradcheckResult:
+    error = np.abs(analytic - numeric)
+    scale = np.abs(numeric)
+    relative = error / np.maximum(scale, np.finfo(np.float64).tiny)
+    passed = bool(np.all(error <= atol + rtol * scale))
+    return GradcheckResult(float(error.max(initial=0.0)), float(relative.max(initial=0.0)), passed)
+
+
+def _report(results: dict[str, GradcheckResult], atol: float, rtol: float) -> str:
+    lines = [f"gradient check failed (atol={atol:g}, rtol={rtol:g}):"]
+    width = max(len(name) for name in results)
+    for name, result in results.items():
+        mark = "ok  " if result.passed else "FAIL"
+        lines.append(
+            f"  {mark} {name:<{width}}  max abs error {result.max_abs_error:.3e}  "
+            f"max rel error {result.max_rel_error:.3e}"
+        )
+    return "\n".join(lines)
