@@ -58,7 +58,20 @@ def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastrnn", description=__doc__)
-    parser.add_subparsers(dest="command")
-    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m fastrnn", description="fastrnn demo and benchmarks")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("demo", help="forward+backward on a default shape, checked and timed (default)")
+    bench = commands.add_parser("bench", help="time fastrnn against its peers on the default grid")
+    bench.add_argument("--peers", default="numpy,torch,jax", help="comma-separated: numpy,torch,jax")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    bench.add_argument("--cell", default="rnn_tanh", help="rnn_tanh or rnn_relu (LSTM/GRU later)")
+    bench.add_argument("--shapes", help="'T,B,I,H[,layers[,bi|uni]];...' instead of the default grid")
+    bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
+    bench.add_argument("--json", help="write the results to this JSON file")
+    bench.add_argument("--plot", help="draw a PNG bar chart of the speedups (needs matplotlib)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
     return demo()

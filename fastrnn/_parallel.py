@@ -8,8 +8,8 @@ layer safe to call from several Python threads at once whatever layer numba pick
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 

@@ -15,34 +15,84 @@ from .._config import jit
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
 
-# Below this many multiply-adds per step (B*H*H) a BLAS call costs more than the
-# arithmetic, so the step's product runs in a vectorised numba loop instead.
-SMALL_STEP_WORK = 64 * 64 * 16
+# With fewer batch rows than this, the step's product is a few matrix-vector products
+# and a vectorised numba loop beats a BLAS call (measured: B=1, H=128-256).
+BLAS_MIN_ROWS = 4
+# OpenBLAS hands a GEMM to its thread pool once m*n*k reaches 4 * 65536; for a per-step
+# product that size, waking the pool costs more than it saves, so such steps are split
+# into row chunks that stay single-threaded. Past LARGE_STEP_WORK the pool pays off.
+BLAS_THREADING_WORK = 4 * 65536
+LARGE_STEP_WORK = 8 * 1024 * 1024
+
+
+@jit
+def _step_product(src, src_offset, src_ld, matrix, small_matrix, trans, dst, dst_offset, dst_ld, rows, size):
+    """dst[rows, size] += src[rows, size] @ op(matrix), op = transpose when ``trans``.
+
+    ``small_matrix`` is op(matrix)^T laid out for :func:`_accumulate_product`.
+    """
+    if rows < BLAS_MIN_ROWS:
+        _accumulate_product(src, src_offset, src_ld, small_matrix, dst, dst_offset, dst_ld, rows, size, size)
+        return
+    work = rows * size * size
+    chunk = rows if work >= LARGE_STEP_WORK else max(1, (BLAS_THREADING_WORK - 1) // (size * size))
+    for start in range(0, rows, chunk):
+        count = min(chunk, rows - start)
+        gemm(
+            NO_TRANS, trans, count, size, size, src, src_offset + start * src_ld, src_ld,
+            matrix, 0, size, 1.0, dst, dst_offset + start * dst_ld, dst_ld,
+        )
 
 
 @jit
 def _accumulate_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols):
-    """dst[rows, cols] += src[rows, inner] @ matrix[inner, cols] (matrix contiguous)."""
+    """dst[rows, cols] += src[rows, inner] @ matrix[cols, inner].T, for small matrices.
+
+    Four output columns share each pass over a source row, so every loaded source value
+    feeds four vectorised dot products. Rows are sliced before indexing from zero: that
+    lets LLVM drop numba's negative-index check and vectorise.
+    """
+    zero = dst.dtype.type(0.0)
     for r in range(rows):
-        src_row = src_offset + r * src_ld
-        dst_row = dst_offset + r * dst_ld
-        for i in range(inner):
-            weight = src[src_row + i]
-            matrix_row = i * cols
-            for c in range(cols):
-                dst[dst_row + c] += weight * matrix[matrix_row + c]
+        src_row = src[src_offset + r * src_ld : src_offset + r * src_ld + inner]
+        dst_row = dst[dst_offset + r * dst_ld : dst_offset + r * dst_ld + cols]
+        c = 0
+        while c + 4 <= cols:
+            m0 = matrix[c * inner : (c + 1) * inner]
+            m1 = matrix[(c + 1) * inner : (c + 2) * inner]
+            m2 = matrix[(c + 2) * inner : (c + 3) * inner]
+            m3 = matrix[(c + 3) * inner : (c + 4) * inner]
+            a0 = a1 = a2 = a3 = zero
+            for k in range(inner):
+                value = src_row[k]
+                a0 += value * m0[k]
+                a1 += value * m1[k]
+                a2 += value * m2[k]
+                a3 += value * m3[k]
+            dst_row[c] += a0
+            dst_row[c + 1] += a1
+            dst_row[c + 2] += a2
+            dst_row[c + 3] += a3
+            c += 4
+        while c < cols:
+            m0 = matrix[c * inner : (c + 1) * inner]
+            a0 = zero
+            for k in range(inner):
+                a0 += src_row[k] * m0[k]
+            dst_row[c] += a0
+            c += 1
 
 
 @jit
 def _activate_block(hidden, offset, ld, rows, cols, use_relu):
     for r in range(rows):
-        start = offset + r * ld
+        row = hidden[offset + r * ld : offset + r * ld + cols]
         if use_relu:
-            for c in range(start, start + cols):
-                hidden[c] = relu(hidden[c])
+            for c in range(cols):
+                row[c] = relu(row[c])
         else:
-            for c in range(start, start + cols):
-                hidden[c] = tanh(hidden[c])
+            for c in range(cols):
+                row[c] = tanh(row[c])
 
 
 @jit
@@ -51,14 +101,15 @@ def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
     zero = grad.dtype.type(0.0)
     one = grad.dtype.type(1.0)
     for r in range(rows):
-        start = offset + r * ld
+        grad_row = grad[offset + r * ld : offset + r * ld + cols]
+        hidden_row = hidden[offset + r * ld : offset + r * ld + cols]
         if use_relu:
-            for c in range(start, start + cols):
-                grad[c] = grad[c] if hidden[c] > zero else zero
+            for c in range(cols):
+                grad_row[c] = grad_row[c] if hidden_row[c] > zero else zero
         else:
-            for c in range(start, start + cols):
-                h = hidden[c]
-                grad[c] = grad[c] * (one - h * h)
+            for c in range(cols):
+                h = hidden_row[c]
+                grad_row[c] = grad_row[c] * (one - h * h)
 
 
 @jit
@@ -79,10 +130,6 @@ def forward_direction(
         NO_TRANS, TRANS, rows, hidden_size, feature_size, layer_input, 0, feature_size,
         weight_ih, 0, feature_size, 1.0 if has_bias else 0.0, hidden, offset, width,
     )
-    small = batch * hidden_size * hidden_size < SMALL_STEP_WORK
-    weight_hh_t = np.ascontiguousarray(
-        weight_hh.reshape(hidden_size, hidden_size).T
-    ).ravel() if small else weight_hh
     step_stride = batch * width
     previous = h0
     previous_offset = 0
@@ -90,16 +137,10 @@ def forward_direction(
     for s in range(steps):
         t = steps - 1 - s if reverse else s
         current = t * step_stride + offset
-        if small:
-            _accumulate_product(
-                previous, previous_offset, previous_ld, weight_hh_t, hidden, current, width,
-                batch, hidden_size, hidden_size,
-            )
-        else:
-            gemm(
-                NO_TRANS, TRANS, batch, hidden_size, hidden_size, previous, previous_offset,
-                previous_ld, weight_hh, 0, hidden_size, 1.0, hidden, current, width,
-            )
+        _step_product(
+            previous, previous_offset, previous_ld, weight_hh, weight_hh, TRANS, hidden, current,
+            width, batch, hidden_size,
+        )
         _activate_block(hidden, current, width, batch, hidden_size, use_relu)
         previous = hidden
         previous_offset = current
@@ -123,7 +164,11 @@ def backward_direction(
     """
     hidden_size = grad_h0.size // batch if batch > 0 else 0
     step_stride = batch * width
-    small = batch * hidden_size * hidden_size < SMALL_STEP_WORK
+    # dh_{t-1} = dz_t @ W_hh: the small-batch product wants W_hh's columns as rows.
+    if batch < BLAS_MIN_ROWS:
+        weight_hh_t = np.ascontiguousarray(weight_hh.reshape(hidden_size, hidden_size).T).ravel()
+    else:
+        weight_hh_t = weight_hh
     last = 0 if reverse else steps - 1
     last_start = last * step_stride + offset
     for b in range(batch):
@@ -139,16 +184,10 @@ def backward_direction(
         else:
             grad_h0[:] = 0.0
             target, target_offset, target_ld = grad_h0, 0, hidden_size
-        if small:
-            _accumulate_product(
-                grad_hidden, current, width, weight_hh, target, target_offset, target_ld,
-                batch, hidden_size, hidden_size,
-            )
-        else:
-            gemm(
-                NO_TRANS, NO_TRANS, batch, hidden_size, hidden_size, grad_hidden, current, width,
-                weight_hh, 0, hidden_size, 1.0, target, target_offset, target_ld,
-            )
+        _step_product(
+            grad_hidden, current, width, weight_hh, weight_hh_t, NO_TRANS, target, target_offset,
+            target_ld, batch, hidden_size,
+        )
     # Whole-sequence weight gradients: one GEMM each instead of one per step.
     # dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the state the step consumed.
     later_rows = (steps - 1) * batch

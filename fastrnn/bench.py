@@ -1,0 +1,348 @@
+"""``python -m fastrnn bench``: fastrnn against its peers, one process, interleaved timings.
+
+Every implementation of a shape is timed in the same rounds, alternating, and the median
+per implementation is kept, so ratios hold even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# (T, B, I, H, layers, bidirectional): the speed targets' grid.
+DEFAULT_SHAPES = (
+    (100, 1, 32, 64, 1, False),
+    (1000, 1, 16, 32, 1, False),
+    (100, 8, 64, 128, 1, False),
+    (256, 16, 64, 64, 1, False),
+    (100, 16, 64, 128, 2, True),
+    (100, 32, 128, 256, 1, False),
+    (50, 64, 512, 1024, 1, False),
+)
+PEERS = ("numpy", "torch", "jax")
+CELLS = ("rnn_tanh", "rnn_relu")
+
+
+@dataclass
+class ShapeResult:
+    shape: tuple
+    fastrnn_forward_ms: float
+    fastrnn_forward_backward_ms: float
+    peers: dict = field(default_factory=dict)  # name -> {"forward_ms": .., "forward_backward_ms": ..}
+    speedup_forward: float | None = None
+    speedup_forward_backward: float | None = None
+    gflops_forward_backward: float = 0.0
+    percent_of_gemm: float = 0.0
+
+
+def shape_label(shape) -> str:
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    return f"({steps},{batch},{inputs},{hidden},{layers},{'bi' if bidirectional else 'uni'})"
+
+
+def forward_backward_flops(shape) -> float:
+    """3 x 2*T*B*(I*H + H*H) per layer-direction (forward, input grads, weight grads)."""
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    directions = 2 if bidirectional else 1
+    total = 0.0
+    for layer in range(layers):
+        features = inputs if layer == 0 else directions * hidden
+        total += directions * 2.0 * steps * batch * (features * hidden + hidden * hidden)
+    return 3 * total
+
+
+def _data(shape, dtype):
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
+    grad = rng.standard_normal((steps, batch, (2 if bidirectional else 1) * hidden)).astype(dtype)
+    return x, grad
+
+
+def _make_fastrnn(module, shape, dtype, nonlinearity):
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    rnn = module.RNN(inputs, hidden, layers, nonlinearity, bidirectional=bidirectional, dtype=dtype, seed=0)
+    x, grad = _data(shape, dtype)
+
+    def forward():
+        rnn.eval()
+        rnn(x)
+
+    def forward_backward():
+        rnn.train()
+        rnn(x)
+        rnn.backward(grad)
+
+    return forward, forward_backward
+
+
+def _make_numpy(shape, dtype, nonlinearity):
+    from . import reference
+
+    return _make_fastrnn(reference, shape, dtype, nonlinearity)
+
+
+def _make_torch(shape, dtype, nonlinearity):
+    import torch
+
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(inputs, hidden, layers, nonlinearity, bidirectional=bidirectional)
+    rnn = rnn.to(torch.float32 if dtype == np.float32 else torch.float64)
+    x, grad = (torch.from_numpy(a) for a in _data(shape, dtype))
+
+    def forward():
+        with torch.no_grad():
+            rnn(x)
+
+    def forward_backward():
+        output, _ = rnn(x)
+        output.backward(grad)
+
+    return forward, forward_backward
+
+
+def _make_jax(shape, dtype, nonlinearity):
+    import jax
+    import jax.numpy as jnp
+
+    if dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    steps, batch, inputs, hidden, layers, bidirectional = shape
+    activation = jnp.tanh if nonlinearity == "tanh" else jax.nn.relu
+    rng = np.random.default_rng(0)
+    directions = 2 if bidirectional else 1
+    bound = 1 / np.sqrt(hidden)
+    params = []
+    for layer in range(layers):
+        features = inputs if layer == 0 else directions * hidden
+        params.append([
+            tuple(jnp.asarray(rng.uniform(-bound, bound, s).astype(dtype)) for s in
+                  ((hidden, features), (hidden, hidden), (hidden,)))
+            for _ in range(directions)
+        ])
+
+    def run_direction(weights, layer_input, reverse):
+        weight_ih, weight_hh, bias = weights
+        projected = layer_input @ weight_ih.T + bias
+
+        def step(h, projected_t):
+            h = activation(projected_t + h @ weight_hh.T)
+            return h, h
+
+        h0 = jnp.zeros((batch, hidden), dtype)
+        _, states = jax.lax.scan(step, h0, projected, reverse=reverse)
+        return states
+
+    def model(params, x):
+        layer_input = x
+        for layer_params in params:
+            outputs = [run_direction(w, layer_input, d == 1) for d, w in enumerate(layer_params)]
+            layer_input = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+        return layer_input
+
+    x, grad = (jnp.asarray(a) for a in _data(shape, dtype))
+    forward_jit = jax.jit(model)
+    grad_jit = jax.jit(jax.grad(lambda p, xs, g: jnp.sum(model(p, xs) * g), argnums=(0, 1)))
+
+    def forward():
+        forward_jit(params, x).block_until_ready()
+
+    def forward_backward():
+        jax.block_until_ready(grad_jit(params, x, grad))
+
+    return forward, forward_backward
+
+
+PEER_FACTORIES = {"numpy": _make_numpy, "torch": _make_torch, "jax": _make_jax}
+
+
+def _peer_available(name: str) -> str | None:
+    """None when the peer can run, else the reason it is skipped."""
+    module = {"numpy": None, "torch": "torch", "jax": "jax"}[name]
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{name} is not installed"
+    return None
+
+
+def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
+    """GEMM speed of NumPy's BLAS on this machine, the ceiling quoted next to our figures."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times) / 1e9
+
+
+def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float) -> dict[str, float]:
+    """Median seconds per call, timing every function once per round, alternating."""
+    for function in functions.values():
+        function()  # warm caches and compiled code
+    probe = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        function()
+        probe[name] = time.perf_counter() - start
+    per_round = sum(probe.values())
+    rounds = int(min(max(budget / max(per_round, 1e-9), 5), 200))
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run(shapes, peers, dtype, cell, budget: float, progress=sys.stderr) -> tuple[list[ShapeResult], float, list[str]]:
+    import fastrnn
+
+    from . import RNN  # noqa: F401  (imports and loads the kernels before any timing)
+
+    nonlinearity = "tanh" if cell == "rnn_tanh" else "relu"
+    notes = []
+    active = []
+    for peer in peers:
+        reason = _peer_available(peer)
+        if reason:
+            notes.append(f"skipped peer {peer}: {reason}")
+        else:
+            active.append(peer)
+    gemm = gemm_gflops(dtype)
+    results = []
+    for index, shape in enumerate(shapes, 1):
+        print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
+        makers = {"fastrnn": lambda s=shape: _make_fastrnn(fastrnn, s, dtype, nonlinearity)}
+        for peer in active:
+            makers[peer] = lambda s=shape, p=peer: PEER_FACTORIES[p](s, dtype, nonlinearity)
+        made = {name: make() for name, make in makers.items()}
+        forward = _interleaved_medians({name: pair[0] for name, pair in made.items()}, budget)
+        both = _interleaved_medians({name: pair[1] for name, pair in made.items()}, budget)
+        result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
+        for peer in active:
+            result.peers[peer] = {"forward_ms": forward[peer] * 1e3, "forward_backward_ms": both[peer] * 1e3}
+        if active:
+            result.speedup_forward = min(forward[p] for p in active) / forward["fastrnn"]
+            result.speedup_forward_backward = min(both[p] for p in active) / both["fastrnn"]
+        result.gflops_forward_backward = forward_backward_flops(shape) / both["fastrnn"] / 1e9
+        result.percent_of_gemm = 100.0 * result.gflops_forward_backward / gemm
+        results.append(result)
+    return results, gemm, notes
+
+
+def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> str:
+    header = ["shape (T,B,I,H,L,dir)", "fastrnn fwd", "fastrnn f+b"]
+    for peer in peers:
+        header += [f"{peer} fwd", f"{peer} f+b"]
+    header += ["speedup fwd", "speedup f+b", "GFLOP/s f+b", "% of gemm"]
+    rows = []
+    for r in results:
+        row = [shape_label(r.shape), f"{r.fastrnn_forward_ms:.3f}", f"{r.fastrnn_forward_backward_ms:.3f}"]
+        for peer in peers:
+            timing = r.peers.get(peer)
+            row += [f"{timing['forward_ms']:.3f}", f"{timing['forward_backward_ms']:.3f}"] if timing else ["-", "-"]
+        row += [
+            f"{r.speedup_forward:.2f}x" if r.speedup_forward else "-",
+            f"{r.speedup_forward_backward:.2f}x" if r.speedup_forward_backward else "-",
+            f"{r.gflops_forward_backward:.1f}",
+            f"{r.percent_of_gemm:.0f}%",
+        ]
+        rows.append(row)
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.append(f"\nTimes in ms (median of interleaved rounds). Speedup = fastest peer / fastrnn. "
+                 f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    return "\n".join(lines)
+
+
+def plot(results: list[ShapeResult], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [shape_label(r.shape) for r in results]
+    positions = np.arange(len(results))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    axis.bar(positions - 0.2, [r.speedup_forward or 0 for r in results], 0.4, label="forward")
+    axis.bar(positions + 0.2, [r.speedup_forward_backward or 0 for r in results], 0.4, label="forward+backward")
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_xticks(positions, labels, rotation=20, ha="right")
+    axis.set_ylabel("speedup over fastest peer (x)")
+    axis.set_title("fastrnn vs the fastest CPU peer, Elman RNN")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def parse_shapes(text: str) -> list[tuple]:
+    """'T,B,I,H[,L[,bi|uni]];...' -> shape tuples."""
+    shapes = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        fields = [f.strip() for f in item.strip("()").split(",")]
+        if not 4 <= len(fields) <= 6:
+            raise ValueError(f"expected a shape 'T,B,I,H[,layers[,bi|uni]]', got {item!r}")
+        numbers = [int(f) for f in fields[:4]]
+        layers = int(fields[4]) if len(fields) > 4 else 1
+        direction = fields[5] if len(fields) > 5 else "uni"
+        if direction not in ("bi", "uni"):
+            raise ValueError(f"expected direction 'bi' or 'uni', got {direction!r} in {item!r}")
+        shapes.append((*numbers, layers, direction == "bi"))
+    return shapes
+
+
+def main(args) -> int:
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(
+            f"warning: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} forces OpenBLAS onto slower "
+            "kernels; unset it (and OPENBLAS_L2_SIZE) to benchmark: "
+            "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastrnn bench",
+            file=sys.stderr,
+        )
+    dtype = np.dtype(args.dtype).type
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; expected some of {list(PEERS)}")
+    if args.cell not in CELLS:
+        raise SystemExit(f"cell {args.cell!r} is not available yet; expected one of {list(CELLS)}")
+    shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
+    results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget)
+    for note in notes:
+        print(note)
+    shown = [p for p in peers if any(p in r.peers for r in results)]
+    print(f"\nfastrnn bench: {args.cell}, {np.dtype(dtype).name}, forward and forward+backward\n")
+    print(format_table(results, shown, gemm))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"cell": args.cell, "dtype": np.dtype(dtype).name, "gemm_gflops": gemm,
+                       "results": [asdict(r) for r in results]}, handle, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot(results, args.plot)
+        except ImportError:
+            print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}")
+    return 0
