@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._frontend import Saved, run_backward, run_forward
-from ._validation import check_dropout, check_nonlinearity, spec_from_params
+from ._validation import as_array, check_dropout, check_nonlinearity, spec_from_params
 
 
 def functional_forward(
@@ -27,7 +27,8 @@ def functional_forward(
     dropout = check_dropout(dropout)
     spec, arrays = spec_from_params(params, cell)
     dtypes = {array.dtype for array in arrays.values()}
-    x_dtype = np.asarray(x).dtype if not isinstance(x, np.ndarray) else x.dtype
+    x = as_array("input", x, None)
+    x_dtype = x.dtype
     if len(dtypes) != 1 or x_dtype not in dtypes:
         found = ", ".join(sorted(str(d) for d in dtypes))
         raise TypeError(f"input has dtype {x_dtype} but params have dtype {found}; all must match")
