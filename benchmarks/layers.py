@@ -1,0 +1,145 @@
+"""``fastrnn.RNN`` against ``fastrnn.reference.RNN``: time, speedup and peak memory.
+
+Every configuration is run by the compiled layer and by its plain-NumPy baseline with the
+same weights and input. "forward" is inference (an eval-mode layer, which keeps nothing for
+backward); "forward_backward" is a training step's computation (forward, then backward).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from ._data import BACKENDS, Problem, make_layer, make_problem
+
+# (T, B, I, H). Small enough that the per-step Python loop of the reference finishes the
+# whole grid in minutes, large enough that the GEMMs are not pure call overhead.
+SHAPES = [(100, 8, 64, 128), (50, 32, 128, 256)]
+NUM_LAYERS = [1, 2]
+BIDIRECTIONAL = [False, True]
+DTYPES = ["float32", "float64"]
+
+# Interleaved samples per implementation in one speedup measurement; the best of each counts.
+SPEEDUP_ROUNDS = 7
+# Sub-millisecond calls are repeated within a sample until it lasts this long.
+MIN_SAMPLE_SECONDS = 0.005
+
+# A long sequence, so the state kept for backward stands out from the interpreter's own
+# memory. The inference path of a unidirectional stack keeps only one chunk of steps.
+MEMORY_SHAPE = (2000, 16, 32, 128)
+MEMORY_NUM_LAYERS = 2
+
+
+def forward_backward(layer, problem: Problem) -> None:
+    layer(problem.x)
+    layer.backward(problem.grad_output)
+
+
+class RNN:
+    """Wall time of inference and of a training step, per backend."""
+
+    params = [list(BACKENDS), SHAPES, NUM_LAYERS, BIDIRECTIONAL, DTYPES]
+    param_names = ["backend", "shape", "num_layers", "bidirectional", "dtype"]
+
+    def setup(self, backend, shape, num_layers, bidirectional, dtype):
+        self.problem = make_problem(shape, bidirectional, dtype)
+        self.training_layer = make_layer(backend, shape, num_layers, bidirectional, dtype)
+        self.inference_layer = make_layer(backend, shape, num_layers, bidirectional, dtype).eval()
+        # Compile (or load from numba's cache) every kernel both benchmarks use.
+        self.time_forward(backend, shape, num_layers, bidirectional, dtype)
+        self.time_forward_backward(backend, shape, num_layers, bidirectional, dtype)
+
+    def time_forward(self, *params):
+        self.inference_layer(self.problem.x)
+
+    def time_forward_backward(self, *params):
+        forward_backward(self.training_layer, self.problem)
+
+
+def _calls_per_sample(function: Callable[[], object]) -> int:
+    start = time.perf_counter()
+    function()
+    elapsed = time.perf_counter() - start
+    return max(1, math.ceil(MIN_SAMPLE_SECONDS / max(elapsed, 1e-9)))
+
+
+def best_seconds_per_call(functions: list[Callable[[], object]], rounds: int) -> list[float]:
+    """Best time per call of each function, sampled in turn so that they share the machine's
+    quiet and busy moments alike."""
+    calls = [_calls_per_sample(function) for function in functions]
+    best = [math.inf] * len(functions)
+    for _ in range(rounds):
+        for index, (function, count) in enumerate(zip(functions, calls, strict=True)):
+            start = time.perf_counter()
+            for _ in range(count):
+                function()
+            best[index] = min(best[index], (time.perf_counter() - start) / count)
+    return best
+
+
+class RNNSpeedup:
+    """How many times faster fastrnn is than the NumPy reference, both timed in one call.
+
+    A ratio of timings taken side by side holds on a noisy machine, where absolute times
+    from separate benchmark processes drift.
+    """
+
+    params = [SHAPES, NUM_LAYERS, BIDIRECTIONAL, DTYPES]
+    param_names = ["shape", "num_layers", "bidirectional", "dtype"]
+    unit = "x"
+
+    def setup(self, shape, num_layers, bidirectional, dtype):
+        self.problem = make_problem(shape, bidirectional, dtype)
+        backends = ("fastrnn", "reference")  # the order ``_speedup`` divides in
+        self.training_layers = [make_layer(name, shape, num_layers, bidirectional, dtype) for name in backends]
+        self.inference_layers = [
+            make_layer(name, shape, num_layers, bidirectional, dtype).eval() for name in backends
+        ]
+        for layer in self.training_layers:
+            forward_backward(layer, self.problem)
+        for layer in self.inference_layers:
+            layer(self.problem.x)
+
+    def _speedup(self, fastrnn_call: Callable[[], object], reference_call: Callable[[], object]) -> float:
+        fastrnn_seconds, reference_seconds = best_seconds_per_call([fastrnn_call, reference_call], SPEEDUP_ROUNDS)
+        return reference_seconds / fastrnn_seconds
+
+    def track_speedup_forward(self, *params):
+        fastrnn_layer, reference_layer = self.inference_layers
+        return self._speedup(lambda: fastrnn_layer(self.problem.x), lambda: reference_layer(self.problem.x))
+
+    def track_speedup_forward_backward(self, *params):
+        fastrnn_layer, reference_layer = self.training_layers
+        return self._speedup(
+            lambda: forward_backward(fastrnn_layer, self.problem),
+            lambda: forward_backward(reference_layer, self.problem),
+        )
+
+
+class RNNMemory:
+    """Peak resident memory of a process that runs one training step or one inference.
+
+    The peak includes the interpreter, the imports and, for fastrnn, the loaded kernels:
+    what a process using that backend costs, not only the arrays of the call.
+    """
+
+    params = [list(BACKENDS)]
+    param_names = ["backend"]
+
+    def setup(self, backend):
+        _, batch, input_size, hidden_size = MEMORY_SHAPE
+        self.problem = make_problem(MEMORY_SHAPE, False, "float32")
+        self.training_layer = make_layer(backend, MEMORY_SHAPE, MEMORY_NUM_LAYERS, False, "float32")
+        self.inference_layer = make_layer(backend, MEMORY_SHAPE, MEMORY_NUM_LAYERS, False, "float32").eval()
+        # The peak is the process's lifetime maximum, so the warm-up runs on a two-step
+        # sequence, far below what the measured call needs.
+        short = make_problem((2, batch, input_size, hidden_size), False, "float32")
+        forward_backward(self.training_layer, short)
+        self.inference_layer(short.x)
+
+    def peakmem_training(self, backend):
+        forward_backward(self.training_layer, self.problem)
+
+    def peakmem_inference(self, backend):
+        self.inference_layer(self.problem.x)
