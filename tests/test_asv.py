@@ -1,0 +1,80 @@
+"""Smoke test of the asv suite in benchmarks/: every benchmark runs once per parameter combination.
+
+Nothing is timed; the point is that a change to fastrnn's API or to the suite cannot leave
+a benchmark broken until someone next runs asv.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+import math
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK_PREFIXES = ("time_", "timeraw_", "track_", "peakmem_", "mem_")
+
+# benchmarks/ is a top-level package of the repository, not of the installed project.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def benchmark_classes() -> list[type]:
+    package = importlib.import_module("benchmarks")
+    classes = []
+    for module_info in pkgutil.iter_modules(package.__path__, prefix="benchmarks."):
+        module = importlib.import_module(module_info.name)
+        for _, member in inspect.getmembers(module, inspect.isclass):
+            if member.__module__ == module.__name__ and benchmark_methods(member):
+                classes.append(member)
+    return classes
+
+
+def benchmark_methods(cls: type) -> list[str]:
+    return sorted(name for name in dir(cls) if name.startswith(BENCHMARK_PREFIXES))
+
+
+def parameter_combinations(cls: type) -> list[tuple]:
+    """The combinations asv runs: ``params`` is a list of value lists, or one value list."""
+    params = getattr(cls, "params", [])
+    if not params:
+        return [()]
+    if not isinstance(params[0], list):
+        params = [params]
+    assert len(getattr(cls, "param_names", [])) == len(params), f"{cls.__name__}: a name per parameter"
+    return list(itertools.product(*params))
+
+
+CLASSES = benchmark_classes()
+
+
+@pytest.fixture(autouse=True)
+def one_speedup_round(monkeypatch):
+    """One interleaved round instead of several: the code path is the same, the test fast."""
+    monkeypatch.setattr("benchmarks.layers.SPEEDUP_ROUNDS", 1)
+
+
+def test_suite_is_found():
+    names = {f"{cls.__module__}.{cls.__name__}" for cls in CLASSES}
+    assert {"benchmarks.layers.RNN", "benchmarks.compile.FirstCall"} <= names
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: f"{cls.__module__.removeprefix('benchmarks.')}.{cls.__name__}")
+def test_benchmark_runs(cls):
+    for params in parameter_combinations(cls):
+        benchmark = cls()
+        if hasattr(benchmark, "setup"):
+            benchmark.setup(*params)
+        try:
+            for name in benchmark_methods(cls):
+                result = getattr(benchmark, name)(*params)
+                if name.startswith("track_"):
+                    assert isinstance(result, float) and math.isfinite(result) and result > 0, (name, params)
+        finally:
+            if hasattr(benchmark, "teardown"):
+                benchmark.teardown(*params)
