@@ -49,17 +49,25 @@ def test_layer_matches_reference_and_torch(
     assert_results_close(results, run_torch(torch_rnn, problem), dtype)
 
 
+# Batch and hidden sizes on both sides of the kernels' choices for each step's product
+# h_{t-1} @ W_hh^T: a numba loop for a few rows, one BLAS call, and BLAS over row chunks
+# (B*H*H past 4 * 65536, where OpenBLAS would go multi-threaded).
+STEP_PRODUCT_SIZES = [(1, 6), (3, 6), (4, 5), (16, 72), (64, 72)]
+
+
 @DTYPES
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)], ids=["L1_uni", "L2_bi"])
-def test_blas_sized_steps_match_reference_and_torch(num_layers, bidirectional, nonlinearity, dtype):
-    # B*H*H = 16*72*72 is above the kernels' threshold for handing each step's product to BLAS.
+@pytest.mark.parametrize("batch,hidden_size", STEP_PRODUCT_SIZES, ids=lambda size: str(size))
+def test_step_product_sizes_match_reference_and_torch(
+    batch, hidden_size, num_layers, bidirectional, nonlinearity, dtype
+):
     config = Config(
-        input_size=8, hidden_size=72, num_layers=num_layers, bidirectional=bidirectional,
+        input_size=8, hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
         nonlinearity=nonlinearity,
     )
     torch_rnn, fast, slow = make_torch_layers(config, dtype)
-    problem = make_problem(config, dtype, steps=6, batch=16)
+    problem = make_problem(config, dtype, steps=4, batch=batch)
 
     results = run_layer(fast, problem)
 
