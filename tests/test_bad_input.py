@@ -342,7 +342,6 @@ def test_non_finite_input_propagates_like_torch(nonlinearity, value, dtype):
     np.testing.assert_allclose(h_n, expected_h_n.numpy(), **tolerances)
 
 
-@pytest.mark.xfail(strict=True, reason="the kernels compute relu(-inf) as -inf - -inf = NaN")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_relu_of_infinite_pre_activation_matches_torch(dtype):
     torch = pytest.importorskip("torch")

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import types
 from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 # Beyond |x| = 7.9 float32 tanh is 1.0 to the last bit; clamping keeps the polynomials
 # in the range where they were fitted.
@@ -83,7 +84,9 @@ def relu(x):
 
 @overload(relu, inline="always")
 def _relu_impl(x):
+    zero = as_dtype(x).type(0)  # a constant of x's own type, so -inf maps to 0, not NaN
+
     def impl(x):
-        return x - x if x < 0 else x
+        return zero if x < 0 else x
 
     return impl
