@@ -8,7 +8,7 @@ every parameter gradient.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 from hypothesis import settings
@@ -108,8 +108,8 @@ def make_problem(
 
 def make_layers(config: Config, dtype, seed: int = 0) -> tuple[fastrnn.RNN, reference.RNN]:
     """A fastrnn layer and a reference layer with the same weights and dropout generator."""
-    fast = fastrnn.RNN(**asdict(config), dtype=dtype, seed=seed)
-    slow = reference.RNN(**asdict(config), dtype=dtype, seed=seed)
+    fast = fastrnn.RNN(**vars(config), dtype=dtype, seed=seed)
+    slow = reference.RNN(**vars(config), dtype=dtype, seed=seed)
     slow.load_state_dict(fast.state_dict())
     return fast, slow
 
@@ -120,9 +120,9 @@ def make_torch_layers(config: Config, dtype, seed: int = 0):
 
     torch.manual_seed(seed)
     torch_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
-    torch_rnn = torch.nn.RNN(**asdict(config), dtype=torch_dtype)
-    fast = fastrnn.RNN(**asdict(config), dtype=dtype)
-    slow = reference.RNN(**asdict(config), dtype=dtype)
+    torch_rnn = torch.nn.RNN(**vars(config), dtype=torch_dtype)
+    fast = fastrnn.RNN(**vars(config), dtype=dtype)
+    slow = reference.RNN(**vars(config), dtype=dtype)
     fast.load_state_dict(torch_rnn.state_dict())
     slow.load_state_dict(torch_rnn.state_dict())
     return torch_rnn, fast, slow

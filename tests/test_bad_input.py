@@ -12,6 +12,7 @@ from fastrnn import reference
 from .conftest import (
     VALUE_TOLERANCES,
     Config,
+    Problem,
     assert_results_close,
     make_layers,
     make_problem,
@@ -324,7 +325,7 @@ def test_load_state_dict_of_a_non_mapping(layer):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize(
     "nonlinearity,value",
-    [("tanh", np.nan), ("tanh", np.inf), ("tanh", -np.inf), ("relu", np.nan)],
+    [(nonlinearity, value) for nonlinearity in ["tanh", "relu"] for value in [np.nan, np.inf, -np.inf]],
 )
 def test_non_finite_input_propagates_like_torch(nonlinearity, value, dtype):
     torch = pytest.importorskip("torch")
@@ -399,11 +400,7 @@ def test_unusual_memory_layouts_give_the_same_numbers(config, layout):
     problem = make_problem(config, np.float64)
     expected = run_layer(fast, problem)
 
-    laid_out = make_problem(config, np.float64)
-    laid_out.x = _layouts(problem.x)[layout]
-    laid_out.hx = _layouts(problem.hx)[layout]
-    laid_out.grad_output = _layouts(problem.grad_output)[layout]
-    laid_out.grad_h_n = _layouts(problem.grad_h_n)[layout]
+    laid_out = Problem(**{name: _layouts(value)[layout] for name, value in vars(problem).items()})
     assert not laid_out.x.flags.c_contiguous or not laid_out.x.flags.writeable
 
     for name, value in run_layer(fast, laid_out).items():
@@ -422,11 +419,10 @@ def test_batch_first_layer_takes_a_transposed_view(layer_class):
     problem = make_problem(config, np.float64)
     expected = run_layer(time_major, problem)
 
-    transposed = make_problem(config, np.float64)
-    transposed.x = problem.x.transpose(1, 0, 2)
-    transposed.hx = problem.hx
-    transposed.grad_output = problem.grad_output.transpose(1, 0, 2)
-    transposed.grad_h_n = problem.grad_h_n
+    transposed = Problem(
+        x=problem.x.transpose(1, 0, 2), hx=problem.hx,
+        grad_output=problem.grad_output.transpose(1, 0, 2), grad_h_n=problem.grad_h_n,
+    )
     results = run_layer(batch_first, transposed)
 
     for name in ("output", "grad_x"):
