@@ -112,6 +112,11 @@ def run_forward(
     )
     saved = Saved(engine, spec, layout, dtype, state) if requires_grad else None
     output, h_n = _to_caller_layout(output, h_n, layout)
+    if saved is not None:
+        # The output is the last layer's hidden states, which backward reads: writing to it
+        # would silently corrupt the gradients, so the caller gets a read-only view.
+        output = output.view()
+        output.flags.writeable = False
     return output, h_n, saved
 
 
