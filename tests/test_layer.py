@@ -246,3 +246,42 @@ def test_concurrent_calls_from_python_threads_match_serial_calls():
     for (output, h_n), (expected_output, expected_h_n) in zip(concurrent, serial, strict=True):
         np.testing.assert_allclose(output, expected_output, **tolerances)
         np.testing.assert_allclose(h_n, expected_h_n, **tolerances)
+
+
+# ---------------------------------------------------------------- saved state
+
+
+@LAYER_CLASSES
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+def test_output_kept_for_backward_cannot_be_overwritten(layer_class, batch_first, batched):
+    # backward reads the hidden states through the returned output; torch refuses to
+    # differentiate after such an in-place write, here the write itself is refused.
+    config = Config(num_layers=2, batch_first=batch_first)
+    layer = layer_class(**vars(config), dtype=np.float64, seed=0)
+    problem = make_problem(config, np.float64, batched=batched)
+    expected = run_layer(layer, problem)
+
+    output, _ = layer(problem.x, problem.hx)
+    with pytest.raises(ValueError, match="read-only"):
+        output *= 2
+    grad_x, _ = layer.backward(problem.grad_output, problem.grad_h_n)
+
+    np.testing.assert_array_equal(grad_x, expected["grad_x"])
+
+
+@pytest.mark.parametrize("module", [fastrnn.functional, reference], ids=["fastrnn", "reference"])
+def test_functional_output_kept_for_backward_cannot_be_overwritten(module):
+    params = fastrnn.RNN(4, 6, dtype=np.float64, seed=0).state_dict()
+    output, _, _ = module.rnn_forward(random_array((5, 3, 4), np.float64, 0), None, params)
+    with pytest.raises(ValueError, match="read-only"):
+        output[0] = 0.0
+
+
+@LAYER_CLASSES
+@pytest.mark.parametrize("config", [Config(), Config(num_layers=3), Config(num_layers=2, bidirectional=True)], ids=str)
+def test_outputs_not_kept_for_backward_are_writable(layer_class, config):
+    layer = layer_class(**vars(config), seed=0)
+    layer.eval()
+    output, h_n = layer(random_array(config.input_shape(5, 3), np.float32, 0))
+    assert output.flags.writeable and h_n.flags.writeable
