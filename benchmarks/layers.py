@@ -36,6 +36,19 @@ def forward_backward(layer, problem: Problem) -> None:
     layer.backward(problem.grad_output)
 
 
+def warm_up(training_layer, inference_layer, shape, bidirectional: bool, dtype: str) -> None:
+    """Compile, or load from numba's cache, every kernel the layers' benchmarks call.
+
+    Kernels are specialised on dtype and layout, not on sizes, so a two-step sequence does
+    it: cheap enough for setup to repeat before every sample, and it keeps the peak memory
+    of the process far below what a measured call needs.
+    """
+    _, batch, input_size, hidden_size = shape
+    short = make_problem((2, batch, input_size, hidden_size), bidirectional, dtype)
+    forward_backward(training_layer, short)
+    inference_layer(short.x)
+
+
 class RNN:
     """Wall time of inference and of a training step, per backend."""
 
@@ -46,9 +59,7 @@ class RNN:
         self.problem = make_problem(shape, bidirectional, dtype)
         self.training_layer = make_layer(backend, shape, num_layers, bidirectional, dtype)
         self.inference_layer = make_layer(backend, shape, num_layers, bidirectional, dtype).eval()
-        # Compile (or load from numba's cache) every kernel both benchmarks use.
-        self.time_forward(backend, shape, num_layers, bidirectional, dtype)
-        self.time_forward_backward(backend, shape, num_layers, bidirectional, dtype)
+        warm_up(self.training_layer, self.inference_layer, shape, bidirectional, dtype)
 
     def time_forward(self, *params):
         self.inference_layer(self.problem.x)
@@ -96,10 +107,8 @@ class RNNSpeedup:
         self.inference_layers = [
             make_layer(name, shape, num_layers, bidirectional, dtype).eval() for name in backends
         ]
-        for layer in self.training_layers:
-            forward_backward(layer, self.problem)
-        for layer in self.inference_layers:
-            layer(self.problem.x)
+        for training_layer, inference_layer in zip(self.training_layers, self.inference_layers, strict=True):
+            warm_up(training_layer, inference_layer, shape, bidirectional, dtype)
 
     def _speedup(self, fastrnn_call: Callable[[], object], reference_call: Callable[[], object]) -> float:
         fastrnn_seconds, reference_seconds = best_seconds_per_call([fastrnn_call, reference_call], SPEEDUP_ROUNDS)
@@ -128,15 +137,10 @@ class RNNMemory:
     param_names = ["backend"]
 
     def setup(self, backend):
-        _, batch, input_size, hidden_size = MEMORY_SHAPE
         self.problem = make_problem(MEMORY_SHAPE, False, "float32")
         self.training_layer = make_layer(backend, MEMORY_SHAPE, MEMORY_NUM_LAYERS, False, "float32")
         self.inference_layer = make_layer(backend, MEMORY_SHAPE, MEMORY_NUM_LAYERS, False, "float32").eval()
-        # The peak is the process's lifetime maximum, so the warm-up runs on a two-step
-        # sequence, far below what the measured call needs.
-        short = make_problem((2, batch, input_size, hidden_size), False, "float32")
-        forward_backward(self.training_layer, short)
-        self.inference_layer(short.x)
+        warm_up(self.training_layer, self.inference_layer, MEMORY_SHAPE, False, "float32")
 
     def peakmem_training(self, backend):
         forward_backward(self.training_layer, self.problem)
