@@ -20,7 +20,7 @@ BACKENDS = {"fastrnn": fastrnn.RNN, "reference": reference.RNN}
 
 
 def random_array(shape: tuple[int, ...], dtype: str, seed: int = SEED) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    return np.random.default_rng(seed).standard_normal(shape, dtype=dtype)
 
 
 @dataclass
