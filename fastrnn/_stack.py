@@ -44,15 +44,18 @@ class StackState:
     layers: list[LayerState]
 
 
-def _direction_args(spec: StackSpec, params, layer: int, direction: int):
+def _direction_weights(spec: StackSpec, params, layer: int, direction: int):
+    """Flat, contiguous (weight_ih, weight_hh) of one layer-direction."""
     names = spec.direction_names(layer, direction)
-    weight_ih = np.ascontiguousarray(params[names[0]]).ravel()
-    weight_hh = np.ascontiguousarray(params[names[1]]).ravel()
-    if spec.bias:
-        bias = (params[names[2]] + params[names[3]]).ravel()
-    else:
-        bias = np.zeros(0, dtype=weight_ih.dtype)
-    return weight_ih, weight_hh, bias
+    return np.ascontiguousarray(params[names[0]]).ravel(), np.ascontiguousarray(params[names[1]]).ravel()
+
+
+def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -> np.ndarray:
+    """b_ih + b_hh: both enter the pre-activation together, so forward adds them once."""
+    if not spec.bias:
+        return np.zeros(0, dtype=dtype)
+    names = spec.direction_names(layer, direction)
+    return (params[names[2]] + params[names[3]]).ravel()
 
 
 def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
@@ -65,7 +68,8 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     use_relu = spec.cell == "rnn_relu"
     tasks = []
     for direction in range(spec.directions):
-        weight_ih, weight_hh, bias = _direction_args(spec, params, layer, direction)
+        weight_ih, weight_hh = _direction_weights(spec, params, layer, direction)
+        bias = _combined_bias(spec, params, layer, direction, weight_ih.dtype)
         tasks.append(
             partial(
                 kernels.forward_direction,
@@ -142,10 +146,11 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         width = saved.hidden.shape[2]
         flat_input = layer_input.reshape(-1)
         flat_grad = grad_hidden.reshape(-1)
+        weights = [_direction_weights(spec, params, layer, d) for d in range(spec.directions)]
         tasks = []
         for direction in range(spec.directions):
             names = spec.direction_names(layer, direction)
-            _, weight_hh, _ = _direction_args(spec, params, layer, direction)
+            weight_hh = weights[direction][1]
             if spec.bias:
                 grad_bias_ih, grad_bias_hh = grads[names[2]], grads[names[3]]
             else:
@@ -166,7 +171,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         run_tasks(tasks, parallel=work >= PARALLEL_DIRECTION_WORK)
         grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
         for direction in range(spec.directions):
-            weight_ih, _, _ = _direction_args(spec, params, layer, direction)
+            weight_ih = weights[direction][0]
             kernels.input_gradient(
                 flat_grad, width, direction * spec.hidden_size, weight_ih, spec.hidden_size,
                 features, steps * batch, 0.0 if direction == 0 else 1.0, grad_input.reshape(-1),
