@@ -14,7 +14,7 @@ import numpy as np
 
 from ._dropout import dropout_mask
 from ._kernels import elman
-from ._parallel import run_tasks
+from ._parallel import blas_single_threaded, get_num_threads, run_tasks
 from ._spec import StackSpec
 
 CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
@@ -24,9 +24,9 @@ CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
 # input projection is still one large GEMM per chunk.
 INFERENCE_CHUNK_STEPS = 64
 
-# Below this much work per layer-direction (T*B*H*(F+H) multiply-adds), handing a
-# direction to another thread costs more than it saves.
-PARALLEL_DIRECTION_WORK = 2_000_000
+# Below this much recurrent work per layer (T*B*H*H multiply-adds over its directions),
+# handing part of it to another thread costs more than it saves.
+PARALLEL_RECURRENCE_WORK = 24_000_000
 
 
 @dataclass
@@ -45,9 +45,19 @@ class StackState:
 
 
 def _direction_weights(spec: StackSpec, params, layer: int, direction: int):
-    """Flat, contiguous (weight_ih, weight_hh) of one layer-direction."""
+    """Flat, contiguous (weight_ih, weight_hh, weight_hh^T) of one layer-direction."""
     names = spec.direction_names(layer, direction)
-    return np.ascontiguousarray(params[names[0]]).ravel(), np.ascontiguousarray(params[names[1]]).ravel()
+    weight_hh = params[names[1]]
+    return (
+        np.ascontiguousarray(params[names[0]]).ravel(),
+        np.ascontiguousarray(weight_hh).ravel(),
+        np.ascontiguousarray(weight_hh.T).ravel(),
+    )
+
+
+def _transposed(weight: np.ndarray, rows: int) -> np.ndarray:
+    """A flat (rows, cols) weight's transpose, flat and contiguous."""
+    return np.ascontiguousarray(weight.reshape(rows, -1).T).ravel()
 
 
 def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -> np.ndarray:
@@ -58,28 +68,63 @@ def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -
     return (params[names[2]] + params[names[3]]).ravel()
 
 
+def _ranges(count: int, pieces: int) -> list[tuple[int, int]]:
+    """``count`` items cut into ``pieces`` nearly equal (first, length) ranges."""
+    pieces = max(1, min(pieces, count))
+    return [(i * count // pieces, (i + 1) * count // pieces - i * count // pieces) for i in range(pieces)]
+
+
+def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
+    """How many batch pieces each direction's recurrence is cut into; 0 to stay on one thread.
+
+    Batch rows never interact and the directions are independent, so pieces run
+    concurrently with no synchronisation inside the time loop. Small layers stay on the
+    calling thread (handing work over costs tens of microseconds), and so do layers whose
+    per-step product is large enough for BLAS's own threads to share it well.
+    """
+    threads = get_num_threads()
+    hidden_size = spec.hidden_size
+    work = steps * batch * hidden_size * hidden_size * spec.directions
+    if threads == 1 or work < PARALLEL_RECURRENCE_WORK:
+        return 0
+    if batch * hidden_size * hidden_size >= CELL_KERNELS[spec.cell].LARGE_STEP_WORK:
+        return 0
+    pieces = max(1, min(batch, -(-threads // spec.directions)))
+    return pieces if pieces * spec.directions > 1 else 0
+
+
 def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B, H) for one layer."""
     kernels = CELL_KERNELS[spec.cell]
     steps, batch, features = layer_input.shape
     width = hidden.shape[2]
+    hidden_size = spec.hidden_size
     flat_input = layer_input.reshape(-1)
     flat_hidden = hidden.reshape(-1)
     use_relu = spec.cell == "rnn_relu"
-    tasks = []
-    for direction in range(spec.directions):
-        weight_ih, weight_hh = _direction_weights(spec, params, layer, direction)
-        bias = _combined_bias(spec, params, layer, direction, weight_ih.dtype)
-        tasks.append(
-            partial(
-                kernels.forward_direction,
-                flat_input, features, weight_ih, weight_hh, bias, spec.bias,
-                h0[direction].reshape(-1), flat_hidden, steps, batch, width,
-                direction * spec.hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1),
+    weights = [_direction_weights(spec, params, layer, d) for d in range(spec.directions)]
+    biases = [_combined_bias(spec, params, layer, d, flat_input.dtype) for d in range(spec.directions)]
+    pieces = _pieces_per_direction(spec, steps, batch)
+    if not pieces:
+        for direction, (weight_ih, weight_hh, weight_hh_t) in enumerate(weights):
+            kernels.forward_direction(
+                flat_input, features, weight_ih, weight_hh, weight_hh_t, biases[direction], spec.bias,
+                h0[direction].reshape(-1), flat_hidden, steps, batch, width, direction * hidden_size,
+                direction == 1, use_relu, h_n[direction].reshape(-1),
             )
-        )
-    work = steps * batch * spec.hidden_size * (features + spec.hidden_size)
-    run_tasks(tasks, parallel=work >= PARALLEL_DIRECTION_WORK)
+        return
+    with blas_single_threaded():
+        recurrences = [
+            partial(
+                kernels.recur, flat_input, features, _transposed(weights[direction][0], hidden_size),
+                biases[direction], spec.bias, True, weights[direction][1], weights[direction][2],
+                h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows, hidden_size, width,
+                direction * hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1), True,
+            )
+            for direction in range(spec.directions)
+            for first, rows in _ranges(batch, pieces)
+        ]
+        run_tasks(recurrences, parallel=True)
 
 
 def forward(spec, x, h0, params, dropout, training, requires_grad, generator):
@@ -130,6 +175,15 @@ def _forward_chunked(spec, x, h0, params, h_n):
     return output
 
 
+def _input_gradient_rows(kernels, flat_grad, width, hidden_size, weights_ih, features, grad_input, first, rows):
+    """dLoss/d(layer input) for rows ``first:first+rows``, summed over the directions."""
+    for direction, weight_ih in enumerate(weights_ih):
+        kernels.input_gradient(
+            flat_grad, width, direction * hidden_size, weight_ih, hidden_size, features, first, rows,
+            0.0 if direction == 0 else 1.0, grad_input,
+        )
+
+
 def backward(state: StackState, grad_output, grad_h_n, grads):
     spec, params = state.spec, state.params
     kernels = CELL_KERNELS[spec.cell]
@@ -147,35 +201,53 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         flat_input = layer_input.reshape(-1)
         flat_grad = grad_hidden.reshape(-1)
         weights = [_direction_weights(spec, params, layer, d) for d in range(spec.directions)]
-        tasks = []
+        grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
+        pieces = _pieces_per_direction(spec, steps, batch)
+        parallel = pieces > 0
+        hidden_size = spec.hidden_size
+        backprops, gradients = [], []
         for direction in range(spec.directions):
             names = spec.direction_names(layer, direction)
-            weight_hh = weights[direction][1]
+            row = layer * spec.directions + direction
+            offset = direction * hidden_size
+            backprops += [
+                partial(
+                    kernels.backpropagate, weights[direction][1], weights[direction][2],
+                    saved.hidden.reshape(-1), flat_grad,
+                    grad_h_n[row].reshape(-1), steps, batch, first, rows, hidden_size, width, offset,
+                    direction == 1, use_relu, grad_hx[row].reshape(-1), parallel,
+                )
+                for first, rows in _ranges(batch, max(pieces, 1))
+            ]
             if spec.bias:
-                grad_bias_ih, grad_bias_hh = grads[names[2]], grads[names[3]]
+                grad_bias_ih, grad_bias_hh = grads[names[2]].reshape(-1), grads[names[3]].reshape(-1)
             else:
                 grad_bias_ih = grad_bias_hh = np.zeros(0, dtype=grad_output.dtype)
-            row = layer * spec.directions + direction
-            tasks.append(
+            gradients += [
                 partial(
-                    kernels.backward_direction,
-                    flat_input, features, weight_hh, saved.h0[direction].reshape(-1),
-                    saved.hidden.reshape(-1), flat_grad, grad_h_n[row].reshape(-1), steps, batch,
-                    width, direction * spec.hidden_size, direction == 1, use_relu,
-                    grads[names[0]].reshape(-1), grads[names[1]].reshape(-1),
-                    grad_bias_ih.reshape(-1), grad_bias_hh.reshape(-1), spec.bias,
-                    grad_hx[row].reshape(-1),
+                    kernels.parameter_gradients, flat_input, features, saved.h0[direction].reshape(-1),
+                    saved.hidden.reshape(-1), flat_grad, steps, batch, hidden_size, width, offset,
+                    direction == 1, first, units, grads[names[0]].reshape(-1),
+                    grads[names[1]].reshape(-1), grad_bias_ih, grad_bias_hh, spec.bias,
                 )
+                for first, units in _ranges(hidden_size, max(pieces, 1))
+            ]
+
+        lanes = get_num_threads() if parallel else 1
+        flat_grad_input = grad_input.reshape(-1)
+        gradients += [
+            partial(
+                _input_gradient_rows, kernels, flat_grad, width, hidden_size, [w[0] for w in weights],
+                features, flat_grad_input, first, rows,
             )
-        work = steps * batch * spec.hidden_size * (features + spec.hidden_size)
-        run_tasks(tasks, parallel=work >= PARALLEL_DIRECTION_WORK)
-        grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
-        for direction in range(spec.directions):
-            weight_ih = weights[direction][0]
-            kernels.input_gradient(
-                flat_grad, width, direction * spec.hidden_size, weight_ih, spec.hidden_size,
-                features, steps * batch, 0.0 if direction == 0 else 1.0, grad_input.reshape(-1),
-            )
+            for first, rows in _ranges(steps * batch, lanes)
+        ]
+        if parallel:
+            with blas_single_threaded():
+                run_tasks(backprops, parallel=True)
+                run_tasks(gradients, parallel=True)
+        else:
+            run_tasks(backprops + gradients, parallel=False)
         if saved.input_mask is not None:
             grad_input *= saved.input_mask
         grad_hidden = grad_input

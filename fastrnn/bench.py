@@ -191,7 +191,14 @@ def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
 
 
 def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float) -> dict[str, float]:
-    """Median seconds per call, timing every function once per round, alternating."""
+    """Median seconds per call, timing the functions in alternating blocks of calls.
+
+    Each round gives every function one block: a first, untimed call, then ``calls``
+    timed ones. The untimed call absorbs what the previous function left behind (another
+    library's BLAS or OpenMP threads still spinning, evicted caches), which would
+    otherwise be charged to whoever runs next; alternating the blocks keeps the
+    comparison fair when the machine's speed drifts.
+    """
     for function in functions.values():
         function()  # warm caches and compiled code
     probe = {}
@@ -199,14 +206,18 @@ def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float
         start = time.perf_counter()
         function()
         probe[name] = time.perf_counter() - start
-    per_round = sum(probe.values())
-    rounds = int(min(max(budget / max(per_round, 1e-9), 5), 200))
+    # About 5 ms of timed calls per block, at least 3; rounds fill the budget.
+    calls = {name: int(min(max(0.005 / max(seconds, 1e-9), 3), 50)) for name, seconds in probe.items()}
+    per_round = sum(probe[name] * (calls[name] + 1) for name in functions)
+    rounds = int(min(max(budget / max(per_round, 1e-9), 5), 100))
     samples: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
-            start = time.perf_counter()
             function()
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(calls[name]):
+                start = time.perf_counter()
+                function()
+                samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -270,7 +281,7 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.append(f"\nTimes in ms (median of interleaved rounds). Speedup = fastest peer / fastrnn. "
+    lines.append(f"\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
                  f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
     return "\n".join(lines)
 

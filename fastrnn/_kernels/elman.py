@@ -26,20 +26,29 @@ LARGE_STEP_WORK = 8 * 1024 * 1024
 
 
 @jit
-def _step_product(src, src_offset, src_ld, matrix, small_matrix, trans, dst, dst_offset, dst_ld, rows, size):
-    """dst[rows, size] += src[rows, size] @ op(matrix), op = transpose when ``trans``.
+def _step_product(
+    src, src_offset, src_ld, matrix, matrix_t, dst, dst_offset, dst_ld, rows, size, blas_single_threaded
+):
+    """dst[rows, size] += src[rows, size] @ matrix; ``matrix_t`` is its transpose, contiguous.
 
-    ``small_matrix`` is op(matrix)^T laid out for :func:`_accumulate_product`.
+    The recurrent products always reach BLAS untransposed: OpenBLAS's small-matrix
+    kernels for a transposed right operand run 2-5x slower at these sizes (measured,
+    H=128-512, 1-16 rows). The numba loop for a few rows reads ``matrix_t`` row by row.
+    ``blas_single_threaded`` says the caller has limited BLAS to one thread (see
+    ``fastrnn._parallel``), so a whole step can go in one call without waking its pool.
     """
     if rows < BLAS_MIN_ROWS:
-        _accumulate_product(src, src_offset, src_ld, small_matrix, dst, dst_offset, dst_ld, rows, size, size)
+        _accumulate_product(src, src_offset, src_ld, matrix_t, dst, dst_offset, dst_ld, rows, size, size)
         return
     work = rows * size * size
-    chunk = rows if work >= LARGE_STEP_WORK else max(1, (BLAS_THREADING_WORK - 1) // (size * size))
+    if work >= LARGE_STEP_WORK or blas_single_threaded:
+        chunk = rows
+    else:
+        chunk = max(1, (BLAS_THREADING_WORK - 1) // (size * size))
     for start in range(0, rows, chunk):
         count = min(chunk, rows - start)
         gemm(
-            NO_TRANS, trans, count, size, size, src, src_offset + start * src_ld, src_ld,
+            NO_TRANS, NO_TRANS, count, size, size, src, src_offset + start * src_ld, src_ld,
             matrix, 0, size, 1.0, dst, dst_offset + start * dst_ld, dst_ld,
         )
 
@@ -113,117 +122,167 @@ def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
 
 
 @jit
-def forward_direction(
-    layer_input, feature_size, weight_ih, weight_hh, bias, has_bias, h0, hidden, steps, batch,
-    width, offset, reverse, use_relu, h_n,
+def project_input(
+    layer_input, feature_size, weight_ih, bias, has_bias, hidden, first_row, rows, hidden_size, width, offset
 ):
-    """Run one direction of one layer over all steps; returns nothing, fills ``hidden``/``h_n``."""
-    hidden_size = h0.size // batch if batch > 0 else 0
-    rows = steps * batch
-    # Whole-sequence input projection, outside the recurrent loop.
+    """hidden[r, offset:offset+H] = layer_input[r] @ W_ih^T + bias for rows ``first_row:first_row+rows``.
+
+    Rows are (step, batch) pairs in time-major order: one GEMM covers many steps at once.
+    """
     if has_bias:
-        for r in range(rows):
+        for r in range(first_row, first_row + rows):
             start = r * width + offset
             for c in range(hidden_size):
                 hidden[start + c] = bias[c]
     gemm(
-        NO_TRANS, TRANS, rows, hidden_size, feature_size, layer_input, 0, feature_size,
-        weight_ih, 0, feature_size, 1.0 if has_bias else 0.0, hidden, offset, width,
+        NO_TRANS, TRANS, rows, hidden_size, feature_size, layer_input, first_row * feature_size, feature_size,
+        weight_ih, 0, feature_size, 1.0 if has_bias else 0.0, hidden, first_row * width + offset, width,
     )
+
+
+@jit
+def recur(
+    layer_input, feature_size, weight_ih_t, bias, has_bias, project_steps, weight_hh, weight_hh_t, h0,
+    hidden, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    blas_single_threaded,
+):
+    """h_t = act(z_t), z_t = x_t @ W_ih^T + b + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
+
+    Batch rows never interact, so disjoint row ranges can run on different threads.
+    ``h0`` and ``h_n`` are (B, H); ``weight_ih_t`` and ``weight_hh_t`` are the transposed
+    weights, contiguous. With ``project_steps`` each step first computes its own input
+    projection (one small GEMM per step, so a worker needs nothing from the others);
+    otherwise ``hidden`` already holds the projections.
+    """
     step_stride = batch * width
+    base = first_row * width + offset
     previous = h0
-    previous_offset = 0
+    previous_offset = first_row * hidden_size
     previous_ld = hidden_size
     for s in range(steps):
         t = steps - 1 - s if reverse else s
-        current = t * step_stride + offset
+        current = t * step_stride + base
+        if project_steps:
+            if has_bias:
+                for r in range(rows):
+                    hidden[current + r * width : current + r * width + hidden_size] = bias
+            gemm(
+                NO_TRANS, NO_TRANS, rows, hidden_size, feature_size, layer_input,
+                (t * batch + first_row) * feature_size, feature_size, weight_ih_t, 0, hidden_size,
+                1.0 if has_bias else 0.0, hidden, current, width,
+            )
         _step_product(
-            previous, previous_offset, previous_ld, weight_hh, weight_hh, TRANS, hidden, current,
-            width, batch, hidden_size,
+            previous, previous_offset, previous_ld, weight_hh_t, weight_hh, hidden, current,
+            width, rows, hidden_size, blas_single_threaded,
         )
-        _activate_block(hidden, current, width, batch, hidden_size, use_relu)
+        _activate_block(hidden, current, width, rows, hidden_size, use_relu)
         previous = hidden
         previous_offset = current
         previous_ld = width
-    for b in range(batch):
+    for b in range(rows):
         for c in range(hidden_size):
-            h_n[b * hidden_size + c] = previous[previous_offset + b * previous_ld + c]
+            h_n[(first_row + b) * hidden_size + c] = previous[previous_offset + b * previous_ld + c]
 
 
 @jit
-def backward_direction(
-    layer_input, feature_size, weight_hh, h0, hidden, grad_hidden, grad_h_n, steps, batch,
-    width, offset, reverse, use_relu, grad_weight_ih, grad_weight_hh, grad_bias_ih,
-    grad_bias_hh, has_bias, grad_h0,
+def forward_direction(
+    layer_input, feature_size, weight_ih, weight_hh, weight_hh_t, bias, has_bias, h0, hidden, steps, batch,
+    width, offset, reverse, use_relu, h_n,
 ):
-    """Backpropagate one direction of one layer through time.
+    """Run one direction of one layer over all steps; returns nothing, fills ``hidden``/``h_n``."""
+    hidden_size = h0.size // batch if batch > 0 else 0
+    project_input(
+        layer_input, feature_size, weight_ih, bias, has_bias, hidden, 0, steps * batch, hidden_size, width, offset
+    )
+    recur(
+        layer_input, feature_size, weight_ih, bias, has_bias, False, weight_hh, weight_hh_t, h0, hidden,
+        steps, batch, 0, batch, hidden_size, width, offset, reverse, use_relu, h_n, False,
+    )
+
+
+@jit
+def backpropagate(
+    weight_hh, weight_hh_t, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width,
+    offset, reverse, use_relu, grad_h0, blas_single_threaded,
+):
+    """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds dLoss/dz_t for
-    this direction's columns. Parameter gradients are accumulated (+=); ``grad_h0`` is
-    overwritten.
+    this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0.
     """
-    hidden_size = grad_h0.size // batch if batch > 0 else 0
     step_stride = batch * width
-    # dh_{t-1} = dz_t @ W_hh: the small-batch product wants W_hh's columns as rows.
-    if batch < BLAS_MIN_ROWS:
-        weight_hh_t = np.ascontiguousarray(weight_hh.reshape(hidden_size, hidden_size).T).ravel()
-    else:
-        weight_hh_t = weight_hh
+    base = first_row * width + offset
     last = 0 if reverse else steps - 1
-    last_start = last * step_stride + offset
-    for b in range(batch):
+    last_start = last * step_stride + base
+    for b in range(rows):
         for c in range(hidden_size):
-            grad_hidden[last_start + b * width + c] += grad_h_n[b * hidden_size + c]
+            grad_hidden[last_start + b * width + c] += grad_h_n[(first_row + b) * hidden_size + c]
+    h0_start = first_row * hidden_size
     for s in range(steps):
         t = s if reverse else steps - 1 - s
-        current = t * step_stride + offset
-        _scale_by_activation_grad(grad_hidden, hidden, current, width, batch, hidden_size, use_relu)
+        current = t * step_stride + base
+        _scale_by_activation_grad(grad_hidden, hidden, current, width, rows, hidden_size, use_relu)
         if s < steps - 1:
-            earlier = (t + 1 if reverse else t - 1) * step_stride + offset
+            earlier = (t + 1 if reverse else t - 1) * step_stride + base
             target, target_offset, target_ld = grad_hidden, earlier, width
         else:
-            grad_h0[:] = 0.0
-            target, target_offset, target_ld = grad_h0, 0, hidden_size
+            grad_h0[h0_start : h0_start + rows * hidden_size] = 0.0
+            target, target_offset, target_ld = grad_h0, h0_start, hidden_size
         _step_product(
-            grad_hidden, current, width, weight_hh, weight_hh_t, NO_TRANS, target, target_offset,
-            target_ld, batch, hidden_size,
+            grad_hidden, current, width, weight_hh, weight_hh_t, target, target_offset,
+            target_ld, rows, hidden_size, blas_single_threaded,
         )
-    # Whole-sequence weight gradients: one GEMM each instead of one per step.
-    # dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the state the step consumed.
+
+
+@jit
+def parameter_gradients(
+    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
+    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+):
+    """Accumulate (+=) the gradients of hidden units ``first_unit:first_unit+units``.
+
+    These are rows of W_ih, W_hh and the biases, so disjoint unit ranges can run on
+    different threads. One GEMM per weight covers the whole sequence:
+    dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the state step t consumed, and
+    dW_ih = sum_t dz_t^T x_t.
+    """
+    step_stride = batch * width
     later_rows = (steps - 1) * batch
+    dz = offset + first_unit
     if reverse:
-        dz_offset, h_offset, first = offset, step_stride + offset, steps - 1
+        dz_offset, h_offset, first = dz, step_stride + offset, steps - 1
     else:
-        dz_offset, h_offset, first = step_stride + offset, offset, 0
+        dz_offset, h_offset, first = step_stride + dz, offset, 0
     gemm(
-        TRANS, NO_TRANS, hidden_size, hidden_size, later_rows, grad_hidden, dz_offset, width,
-        hidden, h_offset, width, 1.0, grad_weight_hh, 0, hidden_size,
+        TRANS, NO_TRANS, units, hidden_size, later_rows, grad_hidden, dz_offset, width,
+        hidden, h_offset, width, 1.0, grad_weight_hh, first_unit * hidden_size, hidden_size,
     )
     gemm(
-        TRANS, NO_TRANS, hidden_size, hidden_size, batch, grad_hidden,
-        first * step_stride + offset, width, h0, 0, hidden_size, 1.0, grad_weight_hh, 0,
-        hidden_size,
+        TRANS, NO_TRANS, units, hidden_size, batch, grad_hidden, first * step_stride + dz, width,
+        h0, 0, hidden_size, 1.0, grad_weight_hh, first_unit * hidden_size, hidden_size,
     )
     gemm(
-        TRANS, NO_TRANS, hidden_size, feature_size, steps * batch, grad_hidden, offset, width,
-        layer_input, 0, feature_size, 1.0, grad_weight_ih, 0, feature_size,
+        TRANS, NO_TRANS, units, feature_size, steps * batch, grad_hidden, dz, width,
+        layer_input, 0, feature_size, 1.0, grad_weight_ih, first_unit * feature_size, feature_size,
     )
     if has_bias:
         # Both biases enter the pre-activation additively, so they share one gradient.
-        bias_grad = np.zeros(hidden_size, dtype=grad_hidden.dtype)
+        bias_grad = np.zeros(units, dtype=grad_hidden.dtype)
         for r in range(steps * batch):
-            start = r * width + offset
-            for c in range(hidden_size):
-                bias_grad[c] += grad_hidden[start + c]
-        for c in range(hidden_size):
-            grad_bias_ih[c] += bias_grad[c]
-            grad_bias_hh[c] += bias_grad[c]
+            row = grad_hidden[r * width + dz : r * width + dz + units]
+            for c in range(units):
+                bias_grad[c] += row[c]
+        for c in range(units):
+            grad_bias_ih[first_unit + c] += bias_grad[c]
+            grad_bias_hh[first_unit + c] += bias_grad[c]
 
 
 @jit
-def input_gradient(grad_hidden, width, offset, weight_ih, hidden_size, feature_size, rows, beta, grad_input):
-    """grad_input (+)= dz[:, offset:offset+H] @ W_ih, over all steps at once."""
+def input_gradient(
+    grad_hidden, width, offset, weight_ih, hidden_size, feature_size, first_row, rows, beta, grad_input
+):
+    """grad_input[r] (+)= dz[r, offset:offset+H] @ W_ih for rows ``first_row:first_row+rows``."""
     gemm(
-        NO_TRANS, NO_TRANS, rows, feature_size, hidden_size, grad_hidden, offset, width,
-        weight_ih, 0, feature_size, beta, grad_input, 0, feature_size,
+        NO_TRANS, NO_TRANS, rows, feature_size, hidden_size, grad_hidden, first_row * width + offset, width,
+        weight_ih, 0, feature_size, beta, grad_input, first_row * feature_size, feature_size,
     )
