@@ -190,14 +190,20 @@ def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
     return 2.0 * size**3 / statistics.median(times) / 1e9
 
 
-def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float) -> dict[str, float]:
+# Pause before each block so that thread pools left spinning by the previous
+# implementation (OpenBLAS's spin for about 0.1 s after a call) have gone to sleep: each
+# implementation is then timed as it runs on its own, the way a user runs it.
+SETTLE_SECONDS = 0.2
+
+
+def _interleaved_medians(
+    functions: dict[str, Callable[[], None]], budget: float, settle: float = SETTLE_SECONDS
+) -> dict[str, float]:
     """Median seconds per call, timing the functions in alternating blocks of calls.
 
-    Each round gives every function one block: a first, untimed call, then ``calls``
-    timed ones. The untimed call absorbs what the previous function left behind (another
-    library's BLAS or OpenMP threads still spinning, evicted caches), which would
-    otherwise be charged to whoever runs next; alternating the blocks keeps the
-    comparison fair when the machine's speed drifts.
+    Each round gives every function one block: a pause of ``settle`` seconds, a first,
+    untimed call, then ``calls`` timed ones. Alternating the blocks keeps the comparison
+    fair when the machine's speed drifts.
     """
     for function in functions.values():
         function()  # warm caches and compiled code
@@ -206,13 +212,14 @@ def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float
         start = time.perf_counter()
         function()
         probe[name] = time.perf_counter() - start
-    # About 5 ms of timed calls per block, at least 3; rounds fill the budget.
-    calls = {name: int(min(max(0.005 / max(seconds, 1e-9), 3), 50)) for name, seconds in probe.items()}
+    # About 20 ms of timed calls per block, at least 3; rounds share the budget.
+    calls = {name: int(min(max(0.02 / max(seconds, 1e-9), 3), 200)) for name, seconds in probe.items()}
     per_round = sum(probe[name] * (calls[name] + 1) for name in functions)
-    rounds = int(min(max(budget / max(per_round, 1e-9), 5), 100))
+    rounds = int(min(max(budget / max(per_round, 1e-9), 3), 6))
     samples: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
+            time.sleep(settle)
             function()
             for _ in range(calls[name]):
                 start = time.perf_counter()
@@ -221,7 +228,9 @@ def _interleaved_medians(functions: dict[str, Callable[[], None]], budget: float
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def run(shapes, peers, dtype, cell, budget: float, progress=sys.stderr) -> tuple[list[ShapeResult], float, list[str]]:
+def run(
+    shapes, peers, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS
+) -> tuple[list[ShapeResult], float, list[str]]:
     import fastrnn
 
     from . import RNN  # noqa: F401  (imports and loads the kernels before any timing)
@@ -243,8 +252,8 @@ def run(shapes, peers, dtype, cell, budget: float, progress=sys.stderr) -> tuple
         for peer in active:
             makers[peer] = lambda s=shape, p=peer: PEER_FACTORIES[p](s, dtype, nonlinearity)
         made = {name: make() for name, make in makers.items()}
-        forward = _interleaved_medians({name: pair[0] for name, pair in made.items()}, budget)
-        both = _interleaved_medians({name: pair[1] for name, pair in made.items()}, budget)
+        forward = _interleaved_medians({name: pair[0] for name, pair in made.items()}, budget, settle)
+        both = _interleaved_medians({name: pair[1] for name, pair in made.items()}, budget, settle)
         result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
         for peer in active:
             result.peers[peer] = {"forward_ms": forward[peer] * 1e3, "forward_backward_ms": both[peer] * 1e3}
