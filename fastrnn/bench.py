@@ -190,9 +190,11 @@ def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
     return 2.0 * size**3 / statistics.median(times) / 1e9
 
 
-# Pause before each block so that thread pools left spinning by the previous
-# implementation (OpenBLAS's spin for about 0.1 s after a call) have gone to sleep: each
-# implementation is then timed as it runs on its own, the way a user runs it.
+# Each block starts with this many seconds of untimed calls. By then, thread pools left
+# spinning by the previous implementation (OpenBLAS spins for about 0.1 s after a call)
+# have gone to sleep, and the machine has settled into the implementation's own steady
+# state (idle cores on virtual machines wake slowly after a pause), so each one is timed
+# the way it runs on its own in a loop.
 SETTLE_SECONDS = 0.2
 
 
@@ -201,8 +203,8 @@ def _interleaved_medians(
 ) -> dict[str, float]:
     """Median seconds per call, timing the functions in alternating blocks of calls.
 
-    Each round gives every function one block: a pause of ``settle`` seconds, a first,
-    untimed call, then ``calls`` timed ones. Alternating the blocks keeps the comparison
+    Each round gives every function one block: ``settle`` seconds (at least one call) of
+    untimed calls, then ``calls`` timed ones. Alternating the blocks keeps the comparison
     fair when the machine's speed drifts.
     """
     for function in functions.values():
@@ -219,8 +221,10 @@ def _interleaved_medians(
     samples: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
-            time.sleep(settle)
+            settled = time.perf_counter() + settle
             function()
+            while time.perf_counter() < settled:
+                function()
             for _ in range(calls[name]):
                 start = time.perf_counter()
                 function()
