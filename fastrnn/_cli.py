@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
     bench.add_argument("--json", help="write the results to this JSON file")
     bench.add_argument("--plot", help="draw a PNG bar chart of the speedups (needs matplotlib)")
+    bench.add_argument(
+        "--readme", help="replace the table between the bench-table markers in this Markdown file"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "bench":
         from .bench import main as bench_main

@@ -319,6 +319,30 @@ def plot(results: list[ShapeResult], path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+
+
+def _machine_line() -> str:
+    import numba
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cores} cores; numpy {np.__version__}, numba {numba.__version__}; "
+            "BLAS variables unset (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`).")
+
+
+def update_readme(path: str, command: str, table: str) -> None:
+    """Put the command and its table between the bench-table markers of a Markdown file."""
+    with open(path) as handle:
+        text = handle.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} needs the markers {README_START!r} and {README_END!r}, in that order")
+    block = f"{README_START}\nProduced by `{command}`:\n\n{table}\n"
+    with open(path, "w") as handle:
+        handle.write(text[:start] + block + text[end:])
+
+
 def parse_shapes(text: str) -> list[tuple]:
     """'T,B,I,H[,L[,bi|uni]];...' -> shape tuples."""
     shapes = []
@@ -356,12 +380,19 @@ def main(args) -> int:
         print(note)
     shown = [p for p in peers if any(p in r.peers for r in results)]
     print(f"\nfastrnn bench: {args.cell}, {np.dtype(dtype).name}, forward and forward+backward\n")
-    print(format_table(results, shown, gemm))
+    table = format_table(results, shown, gemm)
+    print(table)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"cell": args.cell, "dtype": np.dtype(dtype).name, "gemm_gflops": gemm,
                        "results": [asdict(r) for r in results]}, handle, indent=2)
         print(f"wrote {args.json}")
+    if args.readme:
+        command = f"python -m fastrnn bench --peers {args.peers} --dtype {args.dtype} --cell {args.cell}"
+        if args.shapes:
+            command += f' --shapes "{args.shapes}"'
+        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", )
+        print(f"updated {args.readme}")
     if args.plot:
         try:
             plot(results, args.plot)

@@ -63,3 +63,21 @@ def test_command_writes_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["dtype"] == "float32" and data["cell"] == "rnn_tanh"
     assert [tuple(r["shape"]) for r in data["results"]] == [(4, 2, 3, 5, 1, False)]
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
+    bench.update_readme(str(path), "python -m fastrnn bench", "| new |")
+    text = path.read_text()
+    assert "old table" not in text
+    assert text.startswith("intro\n") and text.endswith(f"{bench.README_END}\noutro\n")
+    assert "Produced by `python -m fastrnn bench`:\n\n| new |\n" in text
+
+
+def test_update_readme_without_markers_is_an_error(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="needs the markers"):
+        bench.update_readme(str(path), "cmd", "table")
+    assert path.read_text() == "no markers here\n"
