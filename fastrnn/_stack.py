@@ -113,10 +113,12 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
                 direction == 1, use_relu, h_n[direction].reshape(-1),
             )
         return
+    # Each worker projects its own rows step by step, so it needs nothing from the others.
+    weights_ih_t = [_transposed(weight_ih, hidden_size) for weight_ih, _, _ in weights]
     with blas_single_threaded():
         recurrences = [
             partial(
-                kernels.recur, flat_input, features, _transposed(weights[direction][0], hidden_size),
+                kernels.recur, flat_input, features, weights_ih_t[direction],
                 biases[direction], spec.bias, True, weights[direction][1], weights[direction][2],
                 h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows, hidden_size, width,
                 direction * hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1), True,
