@@ -391,7 +391,7 @@ def main(args) -> int:
         command = f"python -m fastrnn bench --peers {args.peers} --dtype {args.dtype} --cell {args.cell}"
         if args.shapes:
             command += f' --shapes "{args.shapes}"'
-        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", )
+        update_readme(args.readme, command, table + f"\n\n{_machine_line()}")
         print(f"updated {args.readme}")
     if args.plot:
         try:

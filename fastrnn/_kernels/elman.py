@@ -194,6 +194,8 @@ def forward_direction(
     project_input(
         layer_input, feature_size, weight_ih, bias, has_bias, hidden, 0, steps * batch, hidden_size, width, offset
     )
+    # The projection is done above, so recur's per-step projection is off and its
+    # transposed-input-weight argument is never read.
     recur(
         layer_input, feature_size, weight_ih, bias, has_bias, False, weight_hh, weight_hh_t, h0, hidden,
         steps, batch, 0, batch, hidden_size, width, offset, reverse, use_relu, h_n, False,
