@@ -18,11 +18,49 @@ from .blas import NO_TRANS, TRANS, gemm
 # With fewer batch rows than this, the step's product is a few matrix-vector products
 # and a vectorised numba loop beats a BLAS call (measured: B=1, H=128-256).
 BLAS_MIN_ROWS = 4
-# OpenBLAS hands a GEMM to its thread pool once m*n*k reaches 4 * 65536; for a per-step
-# product that size, waking the pool costs more than it saves, so such steps are split
-# into row chunks that stay single-threaded. Past LARGE_STEP_WORK the pool pays off.
+# OpenBLAS runs a product with m*n*k up to 100**3 through its direct small-matrix
+# kernels: no packing and no thread pool. Just above that size the packed path is up to
+# 1.9x slower per flop (measured single-threaded, H=256-384, 16-32 rows), so a mid-sized
+# step is cut into row chunks that stay under it. Chunks are whole multiples of
+# SMALL_CHUNK_ALIGN rows: 6, 10 or 15 rows ran 1.3-1.8x slower than 4, 8 or 12.
+SMALL_KERNEL_WORK = 100**3
+SMALL_CHUNK_ALIGN = 4
+# From this many rows on, one packed product beats small chunks (measured: 64 rows,
+# H=128-512), because packing the weight is shared by enough rows.
+PACKED_MIN_ROWS = 64
+# OpenBLAS hands a packed GEMM to its thread pool once m*n*k reaches 4 * 65536; for a
+# per-step product that size, waking the pool costs more than it saves, so such steps
+# are split into row chunks that stay single-threaded. Past LARGE_STEP_WORK the pool
+# pays off.
 BLAS_THREADING_WORK = 4 * 65536
 LARGE_STEP_WORK = 8 * 1024 * 1024
+
+
+@jit
+def _row_chunk(rows, inner, cols, blas_single_threaded):
+    """Rows per BLAS call for a (rows, inner) @ (inner, cols) product; see the constants above."""
+    work = rows * inner * cols
+    if work <= SMALL_KERNEL_WORK or work >= LARGE_STEP_WORK:
+        return rows
+    small_rows = SMALL_KERNEL_WORK // (inner * cols) // SMALL_CHUNK_ALIGN * SMALL_CHUNK_ALIGN
+    if small_rows > 0 and rows < PACKED_MIN_ROWS:
+        return small_rows
+    if blas_single_threaded:
+        return rows
+    return max(1, (BLAS_THREADING_WORK - 1) // (inner * cols))
+
+
+@jit
+def _chunked_product(
+    src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, blas_single_threaded
+):
+    """dst[rows, cols] = src[rows, inner] @ matrix[inner, cols] + beta * dst, in row chunks."""
+    chunk = _row_chunk(rows, inner, cols, blas_single_threaded)
+    for start in range(0, rows, chunk):
+        gemm(
+            NO_TRANS, NO_TRANS, min(chunk, rows - start), cols, inner, src, src_offset + start * src_ld,
+            src_ld, matrix, 0, cols, beta, dst, dst_offset + start * dst_ld, dst_ld,
+        )
 
 
 @jit
@@ -40,17 +78,9 @@ def _step_product(
     if rows < BLAS_MIN_ROWS:
         _accumulate_product(src, src_offset, src_ld, matrix_t, dst, dst_offset, dst_ld, rows, size, size)
         return
-    work = rows * size * size
-    if work >= LARGE_STEP_WORK or blas_single_threaded:
-        chunk = rows
-    else:
-        chunk = max(1, (BLAS_THREADING_WORK - 1) // (size * size))
-    for start in range(0, rows, chunk):
-        count = min(chunk, rows - start)
-        gemm(
-            NO_TRANS, NO_TRANS, count, size, size, src, src_offset + start * src_ld, src_ld,
-            matrix, 0, size, 1.0, dst, dst_offset + start * dst_ld, dst_ld,
-        )
+    _chunked_product(
+        src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, size, size, 1.0, blas_single_threaded
+    )
 
 
 @jit
@@ -166,10 +196,10 @@ def recur(
             if has_bias:
                 for r in range(rows):
                     hidden[current + r * width : current + r * width + hidden_size] = bias
-            gemm(
-                NO_TRANS, NO_TRANS, rows, hidden_size, feature_size, layer_input,
-                (t * batch + first_row) * feature_size, feature_size, weight_ih_t, 0, hidden_size,
-                1.0 if has_bias else 0.0, hidden, current, width,
+            _chunked_product(
+                layer_input, (t * batch + first_row) * feature_size, feature_size, weight_ih_t, hidden,
+                current, width, rows, feature_size, hidden_size, 1.0 if has_bias else 0.0,
+                blas_single_threaded,
             )
         _step_product(
             previous, previous_offset, previous_ld, weight_hh_t, weight_hh, hidden, current,
