@@ -14,6 +14,7 @@ import numpy as np
 
 from ._dropout import dropout_mask
 from ._kernels import elman
+from ._kernels.layout import transposed
 from ._parallel import blas_single_threaded, get_num_threads, run_tasks
 from ._spec import StackSpec
 
@@ -47,17 +48,12 @@ class StackState:
 def _direction_weights(spec: StackSpec, params, layer: int, direction: int):
     """Flat, contiguous (weight_ih, weight_hh, weight_hh^T) of one layer-direction."""
     names = spec.direction_names(layer, direction)
-    weight_hh = params[names[1]]
+    weight_hh = np.ascontiguousarray(params[names[1]]).ravel()
     return (
         np.ascontiguousarray(params[names[0]]).ravel(),
-        np.ascontiguousarray(weight_hh).ravel(),
-        np.ascontiguousarray(weight_hh.T).ravel(),
+        weight_hh,
+        transposed(weight_hh, spec.hidden_size),
     )
-
-
-def _transposed(weight: np.ndarray, rows: int) -> np.ndarray:
-    """A flat (rows, cols) weight's transpose, flat and contiguous."""
-    return np.ascontiguousarray(weight.reshape(rows, -1).T).ravel()
 
 
 def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -> np.ndarray:
@@ -114,7 +110,7 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
             )
         return
     # Each worker projects its own rows step by step, so it needs nothing from the others.
-    weights_ih_t = [_transposed(weight_ih, hidden_size) for weight_ih, _, _ in weights]
+    weights_ih_t = [transposed(weight_ih, hidden_size) for weight_ih, _, _ in weights]
     with blas_single_threaded():
         recurrences = [
             partial(

@@ -8,6 +8,7 @@ import pytest
 import fastrnn
 from fastrnn import _stack
 from fastrnn._kernels import elman
+from fastrnn._kernels.layout import transposed
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
@@ -70,3 +71,16 @@ def test_layer_with_chunked_steps_matches_reference(bidirectional, parallel, mon
         assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
     finally:
         fastrnn.set_num_threads(original_threads)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(3, 5), (64, 64), (300, 257), (256, 512), (1024, 1024)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_transposed_matches_numpy(rows, cols, dtype):
+    matrix = np.random.default_rng(rows * cols).standard_normal((rows, cols)).astype(dtype)
+    before = matrix.copy()
+
+    result = transposed(matrix.ravel(), rows)
+
+    assert result.dtype == dtype and result.shape == (rows * cols,) and result.flags.c_contiguous
+    np.testing.assert_array_equal(result.reshape(cols, rows), matrix.T)
+    np.testing.assert_array_equal(matrix, before)
