@@ -226,7 +226,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
                     kernels.parameter_gradients, flat_input, features, saved.h0[direction].reshape(-1),
                     saved.hidden.reshape(-1), flat_grad, steps, batch, hidden_size, width, offset,
                     direction == 1, first, units, grads[names[0]].reshape(-1),
-                    grads[names[1]].reshape(-1), grad_bias_ih, grad_bias_hh, spec.bias,
+                    grads[names[1]].reshape(-1), grad_bias_ih, grad_bias_hh, spec.bias, parallel,
                 )
                 for first, units in _ranges(hidden_size, max(pieces, 1))
             ]

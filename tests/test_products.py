@@ -84,3 +84,30 @@ def test_transposed_matches_numpy(rows, cols, dtype):
     assert result.dtype == dtype and result.shape == (rows * cols,) and result.flags.c_contiguous
     np.testing.assert_array_equal(result.reshape(cols, rows), matrix.T)
     np.testing.assert_array_equal(matrix, before)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "single_threaded", "chunk"),
+    [
+        (64, 64, 4096, True, 240),  # summed in small-kernel chunks of 240 rows
+        (32, 48, 1000, True, 640),  # a last chunk shorter than the others
+        (64, 64, 4096, False, 4096),  # BLAS may use its pool: one packed call
+        (256, 256, 500, True, 500),  # too wide for chunks of at least 32 rows
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_accumulate_gradient_matches_numpy(m, n, k, single_threaded, chunk, dtype):
+    assert elman._sum_chunk(m, n, k, single_threaded) == chunk
+    rng = np.random.default_rng(m + n + k)
+    lda, ldb = m + 7, n + 2
+    a = rng.standard_normal(3 + k * lda).astype(dtype)
+    b = rng.standard_normal(k * ldb).astype(dtype)
+    c = rng.standard_normal(m * n).astype(dtype)
+    a_block = a[3:].reshape(k, lda)[:, :m].astype(np.float64)
+    b_block = b.reshape(k, ldb)[:, :n].astype(np.float64)
+    expected = c.reshape(m, n) + a_block.T @ b_block
+
+    elman._accumulate_gradient(a, 3, lda, b, 0, ldb, c, 0, n, m, n, k, single_threaded)
+
+    tolerance = 1e-3 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(c.reshape(m, n), expected, rtol=tolerance, atol=tolerance * np.sqrt(k))
