@@ -46,20 +46,15 @@ class StackState:
 
 
 def _direction_weights(spec: StackSpec, params, layer: int, direction: int):
-    """Flat, contiguous (weight_ih, weight_hh, weight_hh^T) of one layer-direction."""
+    """Flat, contiguous (weight_ih, weight_hh) of one layer-direction."""
     names = spec.direction_names(layer, direction)
-    weight_hh = np.ascontiguousarray(params[names[1]]).ravel()
-    return (
-        np.ascontiguousarray(params[names[0]]).ravel(),
-        weight_hh,
-        transposed(weight_hh, spec.hidden_size),
-    )
+    return np.ascontiguousarray(params[names[0]]).ravel(), np.ascontiguousarray(params[names[1]]).ravel()
 
 
 def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -> np.ndarray:
-    """b_ih + b_hh: both enter the pre-activation together, so forward adds them once."""
+    """b_ih + b_hh, or zeros without bias: both enter the pre-activation together, so forward adds them once."""
     if not spec.bias:
-        return np.zeros(0, dtype=dtype)
+        return np.zeros(spec.hidden_size, dtype=dtype)
     names = spec.direction_names(layer, direction)
     return (params[names[2]] + params[names[3]]).ravel()
 
@@ -102,22 +97,24 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     biases = [_combined_bias(spec, params, layer, d, flat_input.dtype) for d in range(spec.directions)]
     pieces = _pieces_per_direction(spec, steps, batch)
     if not pieces:
-        for direction, (weight_ih, weight_hh, weight_hh_t) in enumerate(weights):
+        for direction, (weight_ih, weight_hh) in enumerate(weights):
             kernels.forward_direction(
-                flat_input, features, weight_ih, weight_hh, weight_hh_t, biases[direction], spec.bias,
-                h0[direction].reshape(-1), flat_hidden, steps, batch, width, direction * hidden_size,
-                direction == 1, use_relu, h_n[direction].reshape(-1),
+                flat_input, features, weight_ih, weight_hh, biases[direction], h0[direction].reshape(-1),
+                flat_hidden, steps, batch, width, direction * hidden_size, direction == 1, use_relu,
+                h_n[direction].reshape(-1),
             )
         return
     # Each worker projects its own rows step by step, so it needs nothing from the others.
-    weights_ih_t = [transposed(weight_ih, hidden_size) for weight_ih, _, _ in weights]
+    transposes = [
+        (transposed(weight_ih, hidden_size), transposed(weight_hh, hidden_size)) for weight_ih, weight_hh in weights
+    ]
     with blas_single_threaded():
         recurrences = [
             partial(
-                kernels.recur, flat_input, features, weights_ih_t[direction],
-                biases[direction], spec.bias, True, weights[direction][1], weights[direction][2],
-                h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows, hidden_size, width,
-                direction * hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1), True,
+                kernels.recur, flat_input, features, transposes[direction][0], biases[direction], True,
+                transposes[direction][1], h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows,
+                hidden_size, width, direction * hidden_size, direction == 1, use_relu,
+                h_n[direction].reshape(-1), True,
             )
             for direction in range(spec.directions)
             for first, rows in _ranges(batch, pieces)
@@ -210,8 +207,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
             offset = direction * hidden_size
             backprops += [
                 partial(
-                    kernels.backpropagate, weights[direction][1], weights[direction][2],
-                    saved.hidden.reshape(-1), flat_grad,
+                    kernels.backpropagate, weights[direction][1], saved.hidden.reshape(-1), flat_grad,
                     grad_h_n[row].reshape(-1), steps, batch, first, rows, hidden_size, width, offset,
                     direction == 1, use_relu, grad_hx[row].reshape(-1), parallel,
                 )

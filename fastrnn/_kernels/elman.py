@@ -14,10 +14,8 @@ import numpy as np
 from .._config import jit
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
+from .layout import transpose_into
 
-# With fewer batch rows than this, the step's product is a few matrix-vector products
-# and a vectorised numba loop beats a BLAS call (measured: B=1, H=128-256).
-BLAS_MIN_ROWS = 4
 # OpenBLAS runs a product with m*n*k up to 100**3 through its direct small-matrix
 # kernels: no packing and no thread pool. Just above that size the packed path is up to
 # 1.9x slower per flop (measured single-threaded, H=256-384, 16-32 rows), so a mid-sized
@@ -94,74 +92,16 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
 
 
 @jit
-def _step_product(
-    src, src_offset, src_ld, matrix, matrix_t, dst, dst_offset, dst_ld, rows, size, blas_single_threaded
-):
-    """dst[rows, size] += src[rows, size] @ matrix; ``matrix_t`` is its transpose, contiguous.
-
-    The recurrent products always reach BLAS untransposed: OpenBLAS's small-matrix
-    kernels for a transposed right operand run 2-5x slower at these sizes (measured,
-    H=128-512, 1-16 rows). The numba loop for a few rows reads ``matrix_t`` row by row.
-    ``blas_single_threaded`` says the caller has limited BLAS to one thread (see
-    ``fastrnn._parallel``), so a whole step can go in one call without waking its pool.
-    """
-    if rows < BLAS_MIN_ROWS:
-        _accumulate_product(src, src_offset, src_ld, matrix_t, dst, dst_offset, dst_ld, rows, size, size)
-        return
-    _chunked_product(
-        src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, size, size, 1.0, blas_single_threaded
-    )
-
-
-@jit
-def _accumulate_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols):
-    """dst[rows, cols] += src[rows, inner] @ matrix[cols, inner].T, for small matrices.
-
-    Four output columns share each pass over a source row, so every loaded source value
-    feeds four vectorised dot products. Rows are sliced before indexing from zero: that
-    lets LLVM drop numba's negative-index check and vectorise.
-    """
-    zero = dst.dtype.type(0.0)
-    for r in range(rows):
-        src_row = src[src_offset + r * src_ld : src_offset + r * src_ld + inner]
-        dst_row = dst[dst_offset + r * dst_ld : dst_offset + r * dst_ld + cols]
-        c = 0
-        while c + 4 <= cols:
-            m0 = matrix[c * inner : (c + 1) * inner]
-            m1 = matrix[(c + 1) * inner : (c + 2) * inner]
-            m2 = matrix[(c + 2) * inner : (c + 3) * inner]
-            m3 = matrix[(c + 3) * inner : (c + 4) * inner]
-            a0 = a1 = a2 = a3 = zero
-            for k in range(inner):
-                value = src_row[k]
-                a0 += value * m0[k]
-                a1 += value * m1[k]
-                a2 += value * m2[k]
-                a3 += value * m3[k]
-            dst_row[c] += a0
-            dst_row[c + 1] += a1
-            dst_row[c + 2] += a2
-            dst_row[c + 3] += a3
-            c += 4
-        while c < cols:
-            m0 = matrix[c * inner : (c + 1) * inner]
-            a0 = zero
-            for k in range(inner):
-                a0 += src_row[k] * m0[k]
-            dst_row[c] += a0
-            c += 1
-
-
-@jit
-def _activate_block(hidden, offset, ld, rows, cols, use_relu):
+def _activate_block(hidden, offset, ld, rows, cols, bias, use_relu):
+    """h = act(z + bias) in place: adding the bias here saves a pass over the projections."""
     for r in range(rows):
         row = hidden[offset + r * ld : offset + r * ld + cols]
         if use_relu:
             for c in range(cols):
-                row[c] = relu(row[c])
+                row[c] = relu(row[c] + bias[c])
         else:
             for c in range(cols):
-                row[c] = tanh(row[c])
+                row[c] = tanh(row[c] + bias[c])
 
 
 @jit
@@ -182,35 +122,30 @@ def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
 
 
 @jit
-def project_input(
-    layer_input, feature_size, weight_ih, bias, has_bias, hidden, first_row, rows, hidden_size, width, offset
-):
-    """hidden[r, offset:offset+H] = layer_input[r] @ W_ih^T + bias for rows ``first_row:first_row+rows``.
+def project_input(layer_input, feature_size, weight_ih, hidden, first_row, rows, hidden_size, width, offset):
+    """hidden[r, offset:offset+H] = layer_input[r] @ W_ih^T for rows ``first_row:first_row+rows``.
 
     Rows are (step, batch) pairs in time-major order: one GEMM covers many steps at once.
+    The bias is added later, with the activation.
     """
-    if has_bias:
-        for r in range(first_row, first_row + rows):
-            start = r * width + offset
-            for c in range(hidden_size):
-                hidden[start + c] = bias[c]
     gemm(
         NO_TRANS, TRANS, rows, hidden_size, feature_size, layer_input, first_row * feature_size, feature_size,
-        weight_ih, 0, feature_size, 1.0 if has_bias else 0.0, hidden, first_row * width + offset, width,
+        weight_ih, 0, feature_size, 0.0, hidden, first_row * width + offset, width,
     )
 
 
 @jit
 def recur(
-    layer_input, feature_size, weight_ih_t, bias, has_bias, project_steps, weight_hh, weight_hh_t, h0,
-    hidden, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
-    blas_single_threaded,
+    layer_input, feature_size, weight_ih_t, bias, project_steps, weight_hh_t, h0, hidden, steps, batch,
+    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n, blas_single_threaded,
 ):
-    """h_t = act(z_t), z_t = x_t @ W_ih^T + b + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
+    """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
 
     Batch rows never interact, so disjoint row ranges can run on different threads.
-    ``h0`` and ``h_n`` are (B, H); ``weight_ih_t`` and ``weight_hh_t`` are the transposed
-    weights, contiguous. With ``project_steps`` each step first computes its own input
+    ``h0`` and ``h_n`` are (B, H); ``bias`` is b_ih + b_hh (zeros without bias);
+    ``weight_ih_t`` and ``weight_hh_t`` are the transposed weights, contiguous: OpenBLAS's
+    small-matrix kernels run 1.6-5x slower with a transposed right operand (measured,
+    H=64-512, 1-100 rows). With ``project_steps`` each step first computes its own input
     projection (one small GEMM per step, so a worker needs nothing from the others);
     otherwise ``hidden`` already holds the projections.
     """
@@ -223,19 +158,15 @@ def recur(
         t = steps - 1 - s if reverse else s
         current = t * step_stride + base
         if project_steps:
-            if has_bias:
-                for r in range(rows):
-                    hidden[current + r * width : current + r * width + hidden_size] = bias
             _chunked_product(
                 layer_input, (t * batch + first_row) * feature_size, feature_size, weight_ih_t, hidden,
-                current, width, rows, feature_size, hidden_size, 1.0 if has_bias else 0.0,
-                blas_single_threaded,
+                current, width, rows, feature_size, hidden_size, 0.0, blas_single_threaded,
             )
-        _step_product(
-            previous, previous_offset, previous_ld, weight_hh_t, weight_hh, hidden, current,
-            width, rows, hidden_size, blas_single_threaded,
+        _chunked_product(
+            previous, previous_offset, previous_ld, weight_hh_t, hidden, current, width, rows, hidden_size,
+            hidden_size, 1.0, blas_single_threaded,
         )
-        _activate_block(hidden, current, width, rows, hidden_size, use_relu)
+        _activate_block(hidden, current, width, rows, hidden_size, bias, use_relu)
         previous = hidden
         previous_offset = current
         previous_ld = width
@@ -246,31 +177,32 @@ def recur(
 
 @jit
 def forward_direction(
-    layer_input, feature_size, weight_ih, weight_hh, weight_hh_t, bias, has_bias, h0, hidden, steps, batch,
-    width, offset, reverse, use_relu, h_n,
+    layer_input, feature_size, weight_ih, weight_hh, bias, h0, hidden, steps, batch, width, offset, reverse,
+    use_relu, h_n,
 ):
     """Run one direction of one layer over all steps; returns nothing, fills ``hidden``/``h_n``."""
     hidden_size = h0.size // batch if batch > 0 else 0
-    project_input(
-        layer_input, feature_size, weight_ih, bias, has_bias, hidden, 0, steps * batch, hidden_size, width, offset
-    )
+    project_input(layer_input, feature_size, weight_ih, hidden, 0, steps * batch, hidden_size, width, offset)
+    weight_hh_t = np.empty_like(weight_hh)
+    transpose_into(weight_hh, hidden_size, hidden_size, weight_hh_t)
     # The projection is done above, so recur's per-step projection is off and its
     # transposed-input-weight argument is never read.
     recur(
-        layer_input, feature_size, weight_ih, bias, has_bias, False, weight_hh, weight_hh_t, h0, hidden,
-        steps, batch, 0, batch, hidden_size, width, offset, reverse, use_relu, h_n, False,
+        layer_input, feature_size, weight_ih, bias, False, weight_hh_t, h0, hidden, steps, batch, 0, batch,
+        hidden_size, width, offset, reverse, use_relu, h_n, False,
     )
 
 
 @jit
 def backpropagate(
-    weight_hh, weight_hh_t, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width,
-    offset, reverse, use_relu, grad_h0, blas_single_threaded,
+    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    reverse, use_relu, grad_h0, blas_single_threaded,
 ):
     """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds dLoss/dz_t for
     this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0.
+    dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed.
     """
     step_stride = batch * width
     base = first_row * width + offset
@@ -290,9 +222,9 @@ def backpropagate(
         else:
             grad_h0[h0_start : h0_start + rows * hidden_size] = 0.0
             target, target_offset, target_ld = grad_h0, h0_start, hidden_size
-        _step_product(
-            grad_hidden, current, width, weight_hh, weight_hh_t, target, target_offset,
-            target_ld, rows, hidden_size, blas_single_threaded,
+        _chunked_product(
+            grad_hidden, current, width, weight_hh, target, target_offset, target_ld, rows, hidden_size,
+            hidden_size, 1.0, blas_single_threaded,
         )
 
 

@@ -15,7 +15,7 @@ TILED_MIN_SIZE = 256 * 256
 
 
 @jit
-def _transpose_tiles(source, rows, cols, target):
+def transpose_into(source, rows, cols, target):
     """target (cols, rows) = source (rows, cols).T, both flat and C-contiguous."""
     for row_start in range(0, rows, TILE):
         row_stop = min(row_start + TILE, rows)
@@ -33,5 +33,5 @@ def transposed(matrix: np.ndarray, rows: int) -> np.ndarray:
     if source.size < TILED_MIN_SIZE:
         return np.ascontiguousarray(source.reshape(rows, cols).T).reshape(-1)
     target = np.empty_like(source)
-    _transpose_tiles(source, rows, cols, target)
+    transpose_into(source, rows, cols, target)
     return target
