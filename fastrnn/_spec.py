@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 # Cell kind -> number of gate blocks stacked in each weight matrix (torch's layout).
 GATE_COUNTS = {"rnn_tanh": 1, "rnn_relu": 1}
@@ -31,6 +32,17 @@ class StackSpec:
 
     def direction_names(self, layer: int, direction: int) -> tuple[str, ...]:
         """Parameter names of one layer-direction, in torch's order."""
+        return self._names[layer][direction]
+
+    @cached_property
+    def _names(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        # Built once per spec: every forward and backward looks them up.
+        return tuple(
+            tuple(self._build_direction_names(layer, direction) for direction in range(self.directions))
+            for layer in range(self.num_layers)
+        )
+
+    def _build_direction_names(self, layer: int, direction: int) -> tuple[str, ...]:
         suffix = f"l{layer}" + ("_reverse" if direction == 1 else "")
         names = (f"weight_ih_{suffix}", f"weight_hh_{suffix}")
         if self.bias:

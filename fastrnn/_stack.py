@@ -45,18 +45,17 @@ class StackState:
     layers: list[LayerState]
 
 
-def _direction_weights(spec: StackSpec, params, layer: int, direction: int):
-    """Flat, contiguous (weight_ih, weight_hh) of one layer-direction."""
-    names = spec.direction_names(layer, direction)
-    return np.ascontiguousarray(params[names[0]]).ravel(), np.ascontiguousarray(params[names[1]]).ravel()
+def _direction_weights(spec: StackSpec, params, layer: int, direction: int, dtype):
+    """Flat, contiguous (weight_ih, weight_hh, bias_ih, bias_hh) of one layer-direction.
 
-
-def _combined_bias(spec: StackSpec, params, layer: int, direction: int, dtype) -> np.ndarray:
-    """b_ih + b_hh, or zeros without bias: both enter the pre-activation together, so forward adds them once."""
-    if not spec.bias:
-        return np.zeros(spec.hidden_size, dtype=dtype)
+    Without bias the biases are zeros, so the kernels add them unconditionally.
+    """
     names = spec.direction_names(layer, direction)
-    return (params[names[2]] + params[names[3]]).ravel()
+    weights = tuple(np.ascontiguousarray(params[name]).ravel() for name in names)
+    if spec.bias:
+        return weights
+    zeros = np.zeros(spec.hidden_size, dtype=dtype)
+    return (*weights, zeros, zeros)
 
 
 def _ranges(count: int, pieces: int) -> list[tuple[int, int]]:
@@ -93,32 +92,31 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     flat_input = layer_input.reshape(-1)
     flat_hidden = hidden.reshape(-1)
     use_relu = spec.cell == "rnn_relu"
-    weights = [_direction_weights(spec, params, layer, d) for d in range(spec.directions)]
-    biases = [_combined_bias(spec, params, layer, d, flat_input.dtype) for d in range(spec.directions)]
+    weights = [_direction_weights(spec, params, layer, d, flat_input.dtype) for d in range(spec.directions)]
     pieces = _pieces_per_direction(spec, steps, batch)
     if not pieces:
-        for direction, (weight_ih, weight_hh) in enumerate(weights):
+        for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights):
             kernels.forward_direction(
-                flat_input, features, weight_ih, weight_hh, biases[direction], h0[direction].reshape(-1),
+                flat_input, features, weight_ih, weight_hh, bias_ih, bias_hh, h0[direction].reshape(-1),
                 flat_hidden, steps, batch, width, direction * hidden_size, direction == 1, use_relu,
                 h_n[direction].reshape(-1),
             )
         return
     # Each worker projects its own rows step by step, so it needs nothing from the others.
-    transposes = [
-        (transposed(weight_ih, hidden_size), transposed(weight_hh, hidden_size)) for weight_ih, weight_hh in weights
-    ]
-    with blas_single_threaded():
-        recurrences = [
+    recurrences = []
+    for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights):
+        direction_recur = partial(
+            kernels.recur, flat_input, features, transposed(weight_ih, hidden_size), bias_ih + bias_hh, True,
+            transposed(weight_hh, hidden_size), h0[direction].reshape(-1), flat_hidden, steps, batch,
+        )
+        recurrences += [
             partial(
-                kernels.recur, flat_input, features, transposes[direction][0], biases[direction], True,
-                transposes[direction][1], h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows,
-                hidden_size, width, direction * hidden_size, direction == 1, use_relu,
-                h_n[direction].reshape(-1), True,
+                direction_recur, first, rows, hidden_size, width, direction * hidden_size, direction == 1,
+                use_relu, h_n[direction].reshape(-1), True,
             )
-            for direction in range(spec.directions)
             for first, rows in _ranges(batch, pieces)
         ]
+    with blas_single_threaded():
         run_tasks(recurrences, parallel=True)
 
 
@@ -195,7 +193,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         width = saved.hidden.shape[2]
         flat_input = layer_input.reshape(-1)
         flat_grad = grad_hidden.reshape(-1)
-        weights = [_direction_weights(spec, params, layer, d) for d in range(spec.directions)]
+        weights = [_direction_weights(spec, params, layer, d, grad_output.dtype) for d in range(spec.directions)]
         grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
         pieces = _pieces_per_direction(spec, steps, batch)
         parallel = pieces > 0

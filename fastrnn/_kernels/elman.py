@@ -177,11 +177,12 @@ def recur(
 
 @jit
 def forward_direction(
-    layer_input, feature_size, weight_ih, weight_hh, bias, h0, hidden, steps, batch, width, offset, reverse,
-    use_relu, h_n,
+    layer_input, feature_size, weight_ih, weight_hh, bias_ih, bias_hh, h0, hidden, steps, batch, width, offset,
+    reverse, use_relu, h_n,
 ):
     """Run one direction of one layer over all steps; returns nothing, fills ``hidden``/``h_n``."""
     hidden_size = h0.size // batch if batch > 0 else 0
+    bias = bias_ih + bias_hh
     project_input(layer_input, feature_size, weight_ih, hidden, 0, steps * batch, hidden_size, width, offset)
     weight_hh_t = np.empty_like(weight_hh)
     transpose_into(weight_hh, hidden_size, hidden_size, weight_hh_t)
