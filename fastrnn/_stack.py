@@ -14,7 +14,6 @@ import numpy as np
 
 from ._dropout import dropout_mask
 from ._kernels import elman
-from ._kernels.layout import transposed
 from ._parallel import blas_single_threaded, get_num_threads, run_tasks
 from ._spec import StackSpec
 
@@ -103,19 +102,15 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
             )
         return
     # Each worker projects its own rows step by step, so it needs nothing from the others.
-    recurrences = []
-    for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights):
-        direction_recur = partial(
-            kernels.recur, flat_input, features, transposed(weight_ih, hidden_size), bias_ih + bias_hh, True,
-            transposed(weight_hh, hidden_size), h0[direction].reshape(-1), flat_hidden, steps, batch,
+    recurrences = [
+        partial(
+            kernels.recur, flat_input, features, weight_ih, bias_ih, bias_hh, True, weight_hh,
+            h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows, hidden_size, width,
+            direction * hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1), True,
         )
-        recurrences += [
-            partial(
-                direction_recur, first, rows, hidden_size, width, direction * hidden_size, direction == 1,
-                use_relu, h_n[direction].reshape(-1), True,
-            )
-            for first, rows in _ranges(batch, pieces)
-        ]
+        for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights)
+        for first, rows in _ranges(batch, pieces)
+    ]
     with blas_single_threaded():
         run_tasks(recurrences, parallel=True)
 

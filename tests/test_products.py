@@ -79,7 +79,7 @@ def test_transposed_matches_numpy(rows, cols, dtype):
     matrix = np.random.default_rng(rows * cols).standard_normal((rows, cols)).astype(dtype)
     before = matrix.copy()
 
-    result = transposed(matrix.ravel(), rows)
+    result = transposed(matrix.ravel(), rows, cols)
 
     assert result.dtype == dtype and result.shape == (rows * cols,) and result.flags.c_contiguous
     np.testing.assert_array_equal(result.reshape(cols, rows), matrix.T)

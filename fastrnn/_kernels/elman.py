@@ -14,7 +14,7 @@ import numpy as np
 from .._config import jit
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
-from .layout import transpose_into
+from .layout import transposed
 
 # OpenBLAS runs a product with m*n*k up to 100**3 through its direct small-matrix
 # kernels: no packing and no thread pool. Just above that size the packed path is up to
@@ -136,19 +136,24 @@ def project_input(layer_input, feature_size, weight_ih, hidden, first_row, rows,
 
 @jit
 def recur(
-    layer_input, feature_size, weight_ih_t, bias, project_steps, weight_hh_t, h0, hidden, steps, batch,
+    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
     first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n, blas_single_threaded,
 ):
     """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
 
     Batch rows never interact, so disjoint row ranges can run on different threads.
-    ``h0`` and ``h_n`` are (B, H); ``bias`` is b_ih + b_hh (zeros without bias);
-    ``weight_ih_t`` and ``weight_hh_t`` are the transposed weights, contiguous: OpenBLAS's
-    small-matrix kernels run 1.6-5x slower with a transposed right operand (measured,
-    H=64-512, 1-100 rows). With ``project_steps`` each step first computes its own input
-    projection (one small GEMM per step, so a worker needs nothing from the others);
-    otherwise ``hidden`` already holds the projections.
+    ``h0`` and ``h_n`` are (B, H); without bias ``bias_ih`` and ``bias_hh`` are zeros.
+    With ``project_steps`` each step first computes its own input projection (one small
+    GEMM per step, so a worker needs nothing from the others); otherwise ``hidden``
+    already holds the projections and ``weight_ih`` is not read.
+
+    The weights are transposed here, once per call: OpenBLAS's small-matrix kernels run
+    1.6-5x slower with a transposed right operand (measured, H=64-512, 1-100 rows), and
+    a worker that transposes its own copy needs nothing from the calling thread.
     """
+    bias = bias_ih + bias_hh
+    weight_hh_t = transposed(weight_hh, hidden_size, hidden_size)
+    weight_ih_t = transposed(weight_ih, hidden_size, feature_size) if project_steps else weight_ih
     step_stride = batch * width
     base = first_row * width + offset
     previous = h0
@@ -182,15 +187,10 @@ def forward_direction(
 ):
     """Run one direction of one layer over all steps; returns nothing, fills ``hidden``/``h_n``."""
     hidden_size = h0.size // batch if batch > 0 else 0
-    bias = bias_ih + bias_hh
     project_input(layer_input, feature_size, weight_ih, hidden, 0, steps * batch, hidden_size, width, offset)
-    weight_hh_t = np.empty_like(weight_hh)
-    transpose_into(weight_hh, hidden_size, hidden_size, weight_hh_t)
-    # The projection is done above, so recur's per-step projection is off and its
-    # transposed-input-weight argument is never read.
     recur(
-        layer_input, feature_size, weight_ih, bias, False, weight_hh_t, h0, hidden, steps, batch, 0, batch,
-        hidden_size, width, offset, reverse, use_relu, h_n, False,
+        layer_input, feature_size, weight_ih, bias_ih, bias_hh, False, weight_hh, h0, hidden, steps, batch, 0,
+        batch, hidden_size, width, offset, reverse, use_relu, h_n, False,
     )
 
 

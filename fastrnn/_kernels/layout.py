@@ -9,9 +9,6 @@ from .._config import jit
 # Square 16x16 tiles, filled one target row at a time, took 0.9 ms; 8, 32 and 64 took
 # 1.0-1.4 ms, and filling along source rows 1.4-3.4 ms.
 TILE = 16
-# Below this many elements NumPy's copy is faster: calling a kernel costs a few
-# microseconds, as much as NumPy takes for a whole 64x64 matrix.
-TILED_MIN_SIZE = 256 * 256
 # A matrix this small sits in L1 whole, so tiles only add loop overhead: a plain pass
 # along the source rows took 1.0 us for 64x64 float32 against 2.8 us in tiles (and 38
 # against 11 us at 128x128, where the strided writes start to miss).
@@ -36,12 +33,9 @@ def transpose_into(source, rows, cols, target):
                     target_row[r] = source[r * cols + c]
 
 
-def transposed(matrix: np.ndarray, rows: int) -> np.ndarray:
+@jit
+def transposed(matrix, rows, cols):
     """A flat (rows, cols) matrix's transpose, as a new flat C-contiguous array."""
-    source = np.ascontiguousarray(matrix).reshape(-1)
-    cols = source.size // rows if rows else 0
-    if source.size < TILED_MIN_SIZE:
-        return np.ascontiguousarray(source.reshape(rows, cols).T).reshape(-1)
-    target = np.empty_like(source)
-    transpose_into(source, rows, cols, target)
-    return target
+    result = np.empty(rows * cols, dtype=matrix.dtype)
+    transpose_into(matrix, rows, cols, result)
+    return result
