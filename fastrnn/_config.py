@@ -1,5 +1,7 @@
 """Numba compilation options, decided once for every kernel in the package."""
 
+import types
+
 import numba
 
 # "contract" lets LLVM fuse multiply-adds and "reassoc" lets it vectorise reductions.
@@ -17,3 +19,22 @@ JIT_OPTIONS = {
 def jit(function):
     """Compile ``function`` with the package's numba options."""
     return numba.njit(**JIT_OPTIONS)(function)
+
+
+def jit_parallel(function):
+    """Compile ``function`` with its ``prange`` loops spread over numba's threads.
+
+    Numba hands a parallel loop to threads that are already running, in about a
+    microsecond; waking a sleeping Python worker thread took 50-60 us on this project's
+    virtual machines, more than a small layer's whole recurrence.
+    """
+    # numba's on-disk cache names a function's entries by its qualified name and keys them
+    # by its bytecode, not by the compile options, so the parallel build of a function that
+    # is also compiled serially must go under a name of its own, or one build loads the other.
+    twin = types.FunctionType(
+        function.__code__, function.__globals__, f"{function.__name__}_parallel", function.__defaults__,
+        function.__closure__,
+    )
+    twin.__qualname__ = f"{function.__qualname__}_parallel"
+    twin.__doc__ = function.__doc__
+    return numba.njit(parallel=True, **JIT_OPTIONS)(twin)

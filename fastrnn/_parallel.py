@@ -1,51 +1,53 @@
-"""fastrnn's own worker threads, and how they share the cores with BLAS.
+"""How fastrnn's layer kernels share the cores: numba's threads, and BLAS held to one.
 
-Kernels are compiled with ``nogil=True``, so plain Python threads run them truly in
-parallel. Using our own threads, rather than numba's parallel threading layer, keeps the
-layer safe to call from several Python threads at once whatever layer numba picks.
+A layer big enough to split runs as one numba ``parallel=True`` kernel whose ``prange``
+loops hand its pieces (directions, batch ranges) to numba's already-running threads.
 
-While fastrnn's workers run, NumPy's OpenBLAS (the library the kernels call) is limited
-to one thread: its pool keeps spinning after each call, and a spinning pool thread on a
-core one of our workers needs halves that worker's speed. The limit is process-wide, so
+While those threads run, NumPy's OpenBLAS (the library the kernels call) is limited to
+one thread: its pool keeps spinning after each call, and a spinning pool thread on a
+core one of our threads needs halves that thread's speed. The limit is process-wide, so
 it is reference-counted across concurrent callers and restored when the last one ends.
+
+Numba's ``workqueue`` threading layer (its fallback when neither TBB nor OpenMP can be
+loaded) must not be entered from two threads at once, so with it parallel kernels take
+turns; the ``omp`` and ``tbb`` layers let concurrent callers run side by side.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
+import numpy as np
+from numba import prange
 
+from ._config import jit_parallel
 from ._kernels.blas import openblas
 
 _num_threads = max(1, int(numba.config.NUMBA_NUM_THREADS))
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
 
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved_threads = 1
 
+_layer_lock = threading.Lock()
+_layer_known = False
+_layer_serialises = False
+_workqueue_lock = threading.Lock()
+
 
 def set_num_threads(n: int) -> None:
-    """Use at most ``n`` threads for fastrnn's own parallel work (default: NUMBA_NUM_THREADS)."""
-    global _num_threads, _executor
+    """Use at most ``n`` threads for fastrnn's parallel work (default and ceiling: NUMBA_NUM_THREADS)."""
+    global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive int, got {n!r}")
-    limit = os.cpu_count() or 1
-    with _executor_lock:
-        _num_threads = min(n, max(limit, 1))
-        if _executor is not None:
-            _executor.shutdown(wait=True)
-            _executor = None
+    _num_threads = min(n, max(1, int(numba.config.NUMBA_NUM_THREADS)))
 
 
 def get_num_threads() -> int:
-    """The number of threads fastrnn's own parallel work may use."""
+    """The number of threads fastrnn's parallel work may use."""
     return _num_threads
 
 
@@ -67,30 +69,34 @@ def blas_single_threaded() -> Iterator[None]:
                 openblas.scipy_openblas_set_num_threads64_(_blas_saved_threads)
 
 
-def run_tasks(tasks: list[Callable[[], None]], parallel: bool) -> None:
-    """Run independent tasks, dealt round-robin to the calling thread and the workers.
+@jit_parallel
+def _start_threads(values):
+    for i in prange(values.size):
+        values[i] = i
 
-    Tasks of similar size balance: with n threads, the calling thread runs tasks 0, n,
-    2n, ... and worker i runs tasks i, n + i, ...
+
+def threading_layer() -> str:
+    """The numba threading layer fastrnn's parallel kernels run on, starting it if needed."""
+    global _layer_known, _layer_serialises
+    if not _layer_known:
+        with _layer_lock:
+            if not _layer_known:
+                _start_threads(np.zeros(2))
+                _layer_serialises = numba.threading_layer() == "workqueue"
+                _layer_known = True
+    return numba.threading_layer()
+
+
+def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], pieces: int, *args) -> None:
+    """Call a layer kernel: ``serial`` on this thread when ``pieces`` is 0, else ``parallel``.
+
+    Both take ``*args`` followed by the number of pieces per direction and whether BLAS
+    is held to one thread.
     """
-    global _executor
-    lanes = min(_num_threads, len(tasks)) if parallel else 1
-    if lanes <= 1:
-        for task in tasks:
-            task()
+    if not pieces:
+        serial(*args, 1, False)
         return
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="fastrnn")
-        executor = _executor
-
-    def run_lane(lane: int) -> None:
-        for task in tasks[lane::lanes]:
-            task()
-
-    futures = [executor.submit(run_lane, lane) for lane in range(1, lanes)]
-    try:
-        run_lane(0)
-    finally:
-        for future in futures:
-            future.result()
+    threading_layer()
+    numba.set_num_threads(_num_threads)  # per calling thread, so concurrent callers do not clash
+    with blas_single_threaded(), _workqueue_lock if _layer_serialises else nullcontext():
+        parallel(*args, pieces, True)

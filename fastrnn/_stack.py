@@ -8,13 +8,12 @@ connect (inputs, dropout, the two directions) and what backward needs to keep.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 from ._dropout import dropout_mask
 from ._kernels import elman
-from ._parallel import blas_single_threaded, get_num_threads, run_tasks
+from ._parallel import get_num_threads, run_kernel
 from ._spec import StackSpec
 
 CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
@@ -25,8 +24,9 @@ CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
 INFERENCE_CHUNK_STEPS = 64
 
 # Below this much recurrent work per layer (T*B*H*H multiply-adds over its directions),
-# handing part of it to another thread costs more than it saves.
-PARALLEL_RECURRENCE_WORK = 24_000_000
+# splitting it over threads does not pay: at (T, B, H) = (100, 4, 64), 1.6M, two threads
+# were no faster than one; at (100, 8, 128), 13M, they were 1.2-1.5x faster.
+PARALLEL_RECURRENCE_WORK = 4_000_000
 
 
 @dataclass
@@ -44,23 +44,26 @@ class StackState:
     layers: list[LayerState]
 
 
-def _direction_weights(spec: StackSpec, params, layer: int, direction: int, dtype):
-    """Flat, contiguous (weight_ih, weight_hh, bias_ih, bias_hh) of one layer-direction.
+def _kernel_array(array: np.ndarray) -> np.ndarray:
+    """Flat, C-contiguous and writable: the one array type the kernels' per-direction tuples hold."""
+    flat = np.ascontiguousarray(array).ravel()
+    return flat if flat.flags.writeable else flat.copy()
+
+
+def _layer_parameters(spec: StackSpec, params, layer: int, dtype):
+    """(weights_ih, weights_hh, biases_ih, biases_hh) of one layer, each a tuple over its directions.
 
     Without bias the biases are zeros, so the kernels add them unconditionally.
     """
-    names = spec.direction_names(layer, direction)
-    weights = tuple(np.ascontiguousarray(params[name]).ravel() for name in names)
-    if spec.bias:
-        return weights
-    zeros = np.zeros(spec.hidden_size, dtype=dtype)
-    return (*weights, zeros, zeros)
-
-
-def _ranges(count: int, pieces: int) -> list[tuple[int, int]]:
-    """``count`` items cut into ``pieces`` nearly equal (first, length) ranges."""
-    pieces = max(1, min(pieces, count))
-    return [(i * count // pieces, (i + 1) * count // pieces - i * count // pieces) for i in range(pieces)]
+    per_direction = []
+    for direction in range(spec.directions):
+        names = spec.direction_names(layer, direction)
+        arrays = tuple(_kernel_array(params[name]) for name in names)
+        if not spec.bias:
+            zeros = np.zeros(spec.hidden_size, dtype=dtype)
+            arrays += (zeros, zeros)
+        per_direction.append(arrays)
+    return tuple(zip(*per_direction, strict=True))
 
 
 def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
@@ -68,8 +71,8 @@ def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
 
     Batch rows never interact and the directions are independent, so pieces run
     concurrently with no synchronisation inside the time loop. Small layers stay on the
-    calling thread (handing work over costs tens of microseconds), and so do layers whose
-    per-step product is large enough for BLAS's own threads to share it well.
+    calling thread, and so do layers whose per-step product is large enough for BLAS's
+    own threads to share it well.
     """
     threads = get_num_threads()
     hidden_size = spec.hidden_size
@@ -86,33 +89,14 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B, H) for one layer."""
     kernels = CELL_KERNELS[spec.cell]
     steps, batch, features = layer_input.shape
-    width = hidden.shape[2]
-    hidden_size = spec.hidden_size
-    flat_input = layer_input.reshape(-1)
-    flat_hidden = hidden.reshape(-1)
-    use_relu = spec.cell == "rnn_relu"
-    weights = [_direction_weights(spec, params, layer, d, flat_input.dtype) for d in range(spec.directions)]
-    pieces = _pieces_per_direction(spec, steps, batch)
-    if not pieces:
-        for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights):
-            kernels.forward_direction(
-                flat_input, features, weight_ih, weight_hh, bias_ih, bias_hh, h0[direction].reshape(-1),
-                flat_hidden, steps, batch, width, direction * hidden_size, direction == 1, use_relu,
-                h_n[direction].reshape(-1),
-            )
-        return
-    # Each worker projects its own rows step by step, so it needs nothing from the others.
-    recurrences = [
-        partial(
-            kernels.recur, flat_input, features, weight_ih, bias_ih, bias_hh, True, weight_hh,
-            h0[direction].reshape(-1), flat_hidden, steps, batch, first, rows, hidden_size, width,
-            direction * hidden_size, direction == 1, use_relu, h_n[direction].reshape(-1), True,
-        )
-        for direction, (weight_ih, weight_hh, bias_ih, bias_hh) in enumerate(weights)
-        for first, rows in _ranges(batch, pieces)
-    ]
-    with blas_single_threaded():
-        run_tasks(recurrences, parallel=True)
+    directions = spec.directions
+    weights_ih, weights_hh, biases_ih, biases_hh = _layer_parameters(spec, params, layer, layer_input.dtype)
+    run_kernel(
+        kernels.forward_layer, kernels.forward_layer_parallel, _pieces_per_direction(spec, steps, batch),
+        layer_input.reshape(-1), features, weights_ih, weights_hh, biases_ih, biases_hh,
+        h0.reshape(directions, -1), hidden.reshape(-1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
+        h_n.reshape(directions, -1),
+    )
 
 
 def forward(spec, x, h0, params, dropout, training, requires_grad, generator):
@@ -163,19 +147,12 @@ def _forward_chunked(spec, x, h0, params, h_n):
     return output
 
 
-def _input_gradient_rows(kernels, flat_grad, width, hidden_size, weights_ih, features, grad_input, first, rows):
-    """dLoss/d(layer input) for rows ``first:first+rows``, summed over the directions."""
-    for direction, weight_ih in enumerate(weights_ih):
-        kernels.input_gradient(
-            flat_grad, width, direction * hidden_size, weight_ih, hidden_size, features, first, rows,
-            0.0 if direction == 0 else 1.0, grad_input,
-        )
-
-
 def backward(state: StackState, grad_output, grad_h_n, grads):
     spec, params = state.spec, state.params
     kernels = CELL_KERNELS[spec.cell]
-    use_relu = spec.cell == "rnn_relu"
+    directions = spec.directions
+    dtype = grad_output.dtype
+    no_bias = (np.zeros(0, dtype=dtype),) * directions
     grad_hx = np.empty_like(grad_h_n)
     grad_hidden = grad_output  # owned by us: the front end hands over a fresh copy
     for layer in reversed(range(spec.num_layers)):
@@ -185,56 +162,22 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         else:
             layer_input = state.layers[layer - 1].hidden * saved.input_mask
         steps, batch, features = layer_input.shape
-        width = saved.hidden.shape[2]
-        flat_input = layer_input.reshape(-1)
-        flat_grad = grad_hidden.reshape(-1)
-        weights = [_direction_weights(spec, params, layer, d, grad_output.dtype) for d in range(spec.directions)]
-        grad_input = np.empty((steps, batch, features), dtype=grad_output.dtype)
-        pieces = _pieces_per_direction(spec, steps, batch)
-        parallel = pieces > 0
-        hidden_size = spec.hidden_size
-        backprops, gradients = [], []
-        for direction in range(spec.directions):
-            names = spec.direction_names(layer, direction)
-            row = layer * spec.directions + direction
-            offset = direction * hidden_size
-            backprops += [
-                partial(
-                    kernels.backpropagate, weights[direction][1], saved.hidden.reshape(-1), flat_grad,
-                    grad_h_n[row].reshape(-1), steps, batch, first, rows, hidden_size, width, offset,
-                    direction == 1, use_relu, grad_hx[row].reshape(-1), parallel,
-                )
-                for first, rows in _ranges(batch, max(pieces, 1))
-            ]
-            if spec.bias:
-                grad_bias_ih, grad_bias_hh = grads[names[2]].reshape(-1), grads[names[3]].reshape(-1)
-            else:
-                grad_bias_ih = grad_bias_hh = np.zeros(0, dtype=grad_output.dtype)
-            gradients += [
-                partial(
-                    kernels.parameter_gradients, flat_input, features, saved.h0[direction].reshape(-1),
-                    saved.hidden.reshape(-1), flat_grad, steps, batch, hidden_size, width, offset,
-                    direction == 1, first, units, grads[names[0]].reshape(-1),
-                    grads[names[1]].reshape(-1), grad_bias_ih, grad_bias_hh, spec.bias, parallel,
-                )
-                for first, units in _ranges(hidden_size, max(pieces, 1))
-            ]
-
-        lanes = get_num_threads() if parallel else 1
-        flat_grad_input = grad_input.reshape(-1)
-        gradients += [
-            partial(
-                _input_gradient_rows, kernels, flat_grad, width, hidden_size, [w[0] for w in weights],
-                features, flat_grad_input, first, rows,
-            )
-            for first, rows in _ranges(steps * batch, lanes)
-        ]
-        if parallel:
-            with blas_single_threaded():
-                run_tasks(backprops, parallel=True)
-                run_tasks(gradients, parallel=True)
+        weights_ih, weights_hh, _, _ = _layer_parameters(spec, params, layer, dtype)
+        names = [spec.direction_names(layer, direction) for direction in range(directions)]
+        grads_weight_ih, grads_weight_hh = (tuple(grads[n[i]].reshape(-1) for n in names) for i in (0, 1))
+        if spec.bias:
+            grads_bias_ih, grads_bias_hh = (tuple(grads[n[i]].reshape(-1) for n in names) for i in (2, 3))
         else:
-            run_tasks(backprops + gradients, parallel=False)
+            grads_bias_ih = grads_bias_hh = no_bias
+        rows = slice(layer * directions, (layer + 1) * directions)
+        grad_input = np.empty((steps, batch, features), dtype=dtype)
+        run_kernel(
+            kernels.backward_layer, kernels.backward_layer_parallel, _pieces_per_direction(spec, steps, batch),
+            layer_input.reshape(-1), features, weights_ih, weights_hh, saved.h0.reshape(directions, -1),
+            saved.hidden.reshape(-1), grad_hidden.reshape(-1), grad_h_n[rows].reshape(directions, -1),
+            grad_hx[rows].reshape(directions, -1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
+            grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, spec.bias, grad_input.reshape(-1),
+        )
         if saved.input_mask is not None:
             grad_input *= saved.input_mask
         grad_hidden = grad_input

@@ -1,4 +1,4 @@
-"""The multi-threaded engine: batch pieces and directions on worker threads.
+"""The multi-threaded engine: batch pieces and directions on numba's threads.
 
 Layers that are too small for threads to pay off normally stay on one thread, so these
 tests lower the work threshold to push small, quick problems through the parallel path,
@@ -6,6 +6,10 @@ and check that it was taken.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,19 +23,19 @@ from .conftest import Config, assert_results_close, make_layers, make_problem, r
 
 @pytest.fixture
 def parallel_engine(monkeypatch):
-    """Two worker threads for every layer, counting the parallel task batches."""
+    """Two threads for every layer, counting the layer kernels run in parallel pieces."""
     original_threads = fastrnn.get_num_threads()
     fastrnn.set_num_threads(2)
     monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
     calls = []
-    real_run_tasks = _stack.run_tasks
+    real_run_kernel = _stack.run_kernel
 
-    def counting_run_tasks(tasks, parallel):
-        if parallel and len(tasks) > 1:
-            calls.append(len(tasks))
-        real_run_tasks(tasks, parallel)
+    def counting_run_kernel(serial, parallel, pieces, *args):
+        if pieces:
+            calls.append(pieces)
+        real_run_kernel(serial, parallel, pieces, *args)
 
-    monkeypatch.setattr(_stack, "run_tasks", counting_run_tasks)
+    monkeypatch.setattr(_stack, "run_kernel", counting_run_kernel)
     yield calls
     fastrnn.set_num_threads(original_threads)
 
@@ -76,3 +80,91 @@ def test_blas_thread_setting_is_restored(parallel_engine):
     run_layer(fast, make_problem(config, np.float32, steps=4, batch=4))
     assert parallel_engine
     assert openblas.scipy_openblas_get_num_threads64_() == before
+
+
+# Runs one layer kernel in a fresh interpreter and reports what numba did.
+KERNEL_SCRIPT = """
+import sys
+import numba
+import numpy as np
+from fastrnn import _stack
+from fastrnn._kernels import elman
+
+spec = _stack.StackSpec("rnn_tanh", 3, 4, 1, True, True)
+params = {name: np.full(shape, 0.1) for name, shape in spec.parameter_shapes().items()}
+weights_ih, weights_hh, biases_ih, biases_hh = _stack._layer_parameters(spec, params, 0, np.float64)
+steps, batch = 5, 2
+arguments = (
+    np.ones(steps * batch * 3), 3, weights_ih, weights_hh, biases_ih, biases_hh, np.zeros((2, batch * 4)),
+    np.empty(steps * batch * 8), steps, batch, 4, False, np.empty((2, batch * 4)),
+)
+for kernel in sys.argv[1:]:
+    if kernel == "parallel":
+        elman.forward_layer_parallel(*arguments, 1, True)
+    else:
+        elman.forward_layer(*arguments, 1, False)
+try:
+    layer = numba.threading_layer()
+except ValueError:
+    layer = "none"
+print(layer, sum(elman.forward_layer.stats.cache_hits.values()))
+"""
+
+
+def _run_kernel_script(cache_dir, *kernels):
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    result = subprocess.run(
+        [sys.executable, "-c", KERNEL_SCRIPT, *kernels], env=environment, capture_output=True, text=True, check=True
+    )
+    return result.stdout.split()
+
+
+def test_serial_kernel_loaded_from_cache_starts_no_threads(tmp_path):
+    # numba's on-disk cache keys entries by bytecode, not by compile options: without a
+    # name of its own, the parallel build of a kernel could be loaded as its serial build.
+    assert _run_kernel_script(tmp_path, "parallel", "serial")[0] != "none"
+
+    layer, serial_cache_hits = _run_kernel_script(tmp_path, "serial")
+
+    assert int(serial_cache_hits) == 1, "the serial kernel was not loaded from the cache"
+    assert layer == "none", "the serial kernel started numba's threads"
+
+
+CONCURRENT_SCRIPT = """
+import threading
+import numpy as np
+import fastrnn
+from fastrnn import _parallel, _stack
+
+_stack.PARALLEL_RECURRENCE_WORK = 0
+fastrnn.set_num_threads(2)
+layer = fastrnn.RNN(3, 8, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+inputs = [np.random.default_rng(seed).standard_normal((6, 4, 3)) for seed in range(4)]
+expected = [layer(x)[0] for x in inputs]
+results = [None] * len(inputs)
+start = threading.Barrier(len(inputs))
+
+def work(index):
+    start.wait()
+    for _ in range(20):
+        results[index] = layer(inputs[index])[0]
+
+threads = [threading.Thread(target=work, args=(index,)) for index in range(len(inputs))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(_parallel.threading_layer(), _parallel._layer_serialises, all(
+    np.array_equal(result, value) for result, value in zip(results, expected)
+))
+"""
+
+
+def test_workqueue_threading_layer_is_entered_by_one_caller_at_a_time():
+    # numba's fallback layer must not be entered from two threads at once; fastrnn makes
+    # concurrent callers take turns there instead of crashing or corrupting results.
+    environment = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_SCRIPT], env=environment, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["workqueue", "True", "True"]

@@ -60,9 +60,8 @@ def test_layer_with_chunked_steps_matches_reference(bidirectional, parallel, mon
     # B=40, H=256, I=260: the recurrent products, and on the threaded path each piece's
     # per-step input products (20 rows each), go through row chunks.
     original_threads = fastrnn.get_num_threads()
-    if parallel:
-        fastrnn.set_num_threads(2)
-        monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
+    fastrnn.set_num_threads(2 if parallel else 1)
+    monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
     try:
         config = Config(input_size=260, hidden_size=256, bidirectional=bidirectional)
         fast, slow = make_layers(config, np.float64)
