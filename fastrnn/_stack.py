@@ -50,8 +50,18 @@ def _kernel_array(array: np.ndarray) -> np.ndarray:
     return flat if flat.flags.writeable else flat.copy()
 
 
+def _direction_pair(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels take one array per direction as a pair; a single direction fills both slots."""
+    return arrays if len(arrays) == 2 else (arrays[0], arrays[0])
+
+
+def _gradient_pair(grads, names, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flat gradients of parameter ``index`` (torch's order) of each direction, as a pair."""
+    return _direction_pair(tuple(grads[direction_names[index]].reshape(-1) for direction_names in names))
+
+
 def _layer_parameters(spec: StackSpec, params, layer: int, dtype):
-    """(weights_ih, weights_hh, biases_ih, biases_hh) of one layer, each a tuple over its directions.
+    """(weights_ih, weights_hh, biases_ih, biases_hh) of one layer, each a pair over its directions.
 
     Without bias the biases are zeros, so the kernels add them unconditionally.
     """
@@ -63,7 +73,7 @@ def _layer_parameters(spec: StackSpec, params, layer: int, dtype):
             zeros = np.zeros(spec.hidden_size, dtype=dtype)
             arrays += (zeros, zeros)
         per_direction.append(arrays)
-    return tuple(zip(*per_direction, strict=True))
+    return tuple(_direction_pair(arrays) for arrays in zip(*per_direction, strict=True))
 
 
 def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
@@ -93,7 +103,7 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     weights_ih, weights_hh, biases_ih, biases_hh = _layer_parameters(spec, params, layer, layer_input.dtype)
     run_kernel(
         kernels.forward_layer, kernels.forward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-        layer_input.reshape(-1), features, weights_ih, weights_hh, biases_ih, biases_hh,
+        layer_input.reshape(-1), features, directions, weights_ih, weights_hh, biases_ih, biases_hh,
         h0.reshape(directions, -1), hidden.reshape(-1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
         h_n.reshape(directions, -1),
     )
@@ -152,7 +162,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
     kernels = CELL_KERNELS[spec.cell]
     directions = spec.directions
     dtype = grad_output.dtype
-    no_bias = (np.zeros(0, dtype=dtype),) * directions
+    no_bias = (np.zeros(0, dtype=dtype),) * 2
     grad_hx = np.empty_like(grad_h_n)
     grad_hidden = grad_output  # owned by us: the front end hands over a fresh copy
     for layer in reversed(range(spec.num_layers)):
@@ -164,16 +174,16 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         steps, batch, features = layer_input.shape
         weights_ih, weights_hh, _, _ = _layer_parameters(spec, params, layer, dtype)
         names = [spec.direction_names(layer, direction) for direction in range(directions)]
-        grads_weight_ih, grads_weight_hh = (tuple(grads[n[i]].reshape(-1) for n in names) for i in (0, 1))
+        grads_weight_ih, grads_weight_hh = (_gradient_pair(grads, names, i) for i in (0, 1))
         if spec.bias:
-            grads_bias_ih, grads_bias_hh = (tuple(grads[n[i]].reshape(-1) for n in names) for i in (2, 3))
+            grads_bias_ih, grads_bias_hh = (_gradient_pair(grads, names, i) for i in (2, 3))
         else:
             grads_bias_ih = grads_bias_hh = no_bias
         rows = slice(layer * directions, (layer + 1) * directions)
         grad_input = np.empty((steps, batch, features), dtype=dtype)
         run_kernel(
             kernels.backward_layer, kernels.backward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-            layer_input.reshape(-1), features, weights_ih, weights_hh, saved.h0.reshape(directions, -1),
+            layer_input.reshape(-1), features, directions, weights_ih, weights_hh, saved.h0.reshape(directions, -1),
             saved.hidden.reshape(-1), grad_hidden.reshape(-1), grad_h_n[rows].reshape(directions, -1),
             grad_hx[rows].reshape(directions, -1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
             grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, spec.bias, grad_input.reshape(-1),

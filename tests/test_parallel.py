@@ -95,7 +95,7 @@ params = {name: np.full(shape, 0.1) for name, shape in spec.parameter_shapes().i
 weights_ih, weights_hh, biases_ih, biases_hh = _stack._layer_parameters(spec, params, 0, np.float64)
 steps, batch = 5, 2
 arguments = (
-    np.ones(steps * batch * 3), 3, weights_ih, weights_hh, biases_ih, biases_hh, np.zeros((2, batch * 4)),
+    np.ones(steps * batch * 3), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh, np.zeros((2, batch * 4)),
     np.empty(steps * batch * 8), steps, batch, 4, False, np.empty((2, batch * 4)),
 )
 for kernel in sys.argv[1:]:

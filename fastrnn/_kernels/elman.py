@@ -280,16 +280,17 @@ def _piece(count, pieces, index):
 
 
 def _forward_layer(
-    layer_input, feature_size, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden, steps, batch,
+    layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden, steps, batch,
     hidden_size, use_relu, h_n, pieces, blas_single_threaded,
 ):
     """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B*H) for one layer of D directions.
 
-    ``weights_*`` and ``biases_*`` hold one flat array per direction. Each direction is cut
+    ``weights_*`` and ``biases_*`` are pairs of flat arrays, one per direction; a
+    unidirectional layer passes its arrays twice, so that both kinds of layer share one
+    compiled kernel (a parallel compilation takes over a second). Each direction is cut
     into ``pieces`` batch ranges, which never interact. Compiled twice: serially, where
     ``prange`` is ``range`` (pieces=1), and with the pieces on numba's threads.
     """
-    directions = len(weights_hh)
     width = directions * hidden_size
     for task in prange(directions * pieces):
         direction = task // pieces
@@ -312,9 +313,9 @@ def _forward_layer(
 
 
 def _backward_layer(
-    layer_input, feature_size, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n, grad_h0, steps, batch,
-    hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input,
-    pieces, blas_single_threaded,
+    layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n, grad_h0,
+    steps, batch, hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias,
+    grad_input, pieces, blas_single_threaded,
 ):
     """Backpropagate one layer of D directions: ``grad_hidden`` (T, B, D*H) becomes dLoss/dz.
 
@@ -322,7 +323,6 @@ def _backward_layer(
     gradients. Pieces as in ``_forward_layer``: batch ranges through time first, then
     ranges of hidden units for the weight gradients and of rows for the input gradient.
     """
-    directions = len(weights_hh)
     width = directions * hidden_size
     tasks = directions * pieces
     for task in prange(tasks):
