@@ -110,3 +110,13 @@ def test_accumulate_gradient_matches_numpy(m, n, k, single_threaded, chunk, dtyp
 
     tolerance = 1e-3 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(c.reshape(m, n), expected, rtol=tolerance, atol=tolerance * np.sqrt(k))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_layer_with_large_steps_matches_reference(bidirectional):
+    # B * H * H = 8M: each step is one BLAS call that may use BLAS's own threads.
+    config = Config(input_size=16, hidden_size=1024, bidirectional=bidirectional)
+    fast, slow = make_layers(config, np.float64)
+    problem = make_problem(config, np.float64, steps=3, batch=8)
+    assert 8 * 1024 * 1024 >= elman.LARGE_STEP_WORK
+    assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
