@@ -10,11 +10,15 @@ it is reference-counted across concurrent callers and restored when the last one
 
 Numba's ``workqueue`` threading layer (its fallback when neither TBB nor OpenMP can be
 loaded) must not be entered from two threads at once, so with it parallel kernels take
-turns; the ``omp`` and ``tbb`` layers let concurrent callers run side by side.
+turns; the ``omp`` and ``tbb`` layers let concurrent callers run side by side. GNU
+OpenMP cannot be used again in a child process forked after it started (numba stops
+such a child), so a forked child of a process whose threads had started stays on one
+thread.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -67,6 +71,16 @@ def blas_single_threaded() -> Iterator[None]:
             _blas_users -= 1
             if _blas_users == 0:
                 openblas.scipy_openblas_set_num_threads64_(_blas_saved_threads)
+
+
+def _after_fork_in_child() -> None:
+    global _num_threads
+    if _layer_known:
+        _num_threads = 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @jit_parallel

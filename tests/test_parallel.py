@@ -168,3 +168,29 @@ def test_workqueue_threading_layer_is_entered_by_one_caller_at_a_time():
         [sys.executable, "-c", CONCURRENT_SCRIPT], env=environment, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["workqueue", "True", "True"]
+
+
+FORK_SCRIPT = """
+import os
+import numpy as np
+import fastrnn
+from fastrnn import _stack
+
+_stack.PARALLEL_RECURRENCE_WORK = 0
+fastrnn.set_num_threads(2)
+layer = fastrnn.RNN(3, 8, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+x = np.random.default_rng(0).standard_normal((6, 4, 3))
+expected = layer(x)[0]
+child = os.fork()
+if child == 0:
+    same = np.array_equal(layer(x)[0], expected)
+    os._exit(0 if same and fastrnn.get_num_threads() == 1 else 3)
+_, status = os.waitpid(child, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_of_a_threaded_process_runs_on_one_thread():
+    result = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["0"]
