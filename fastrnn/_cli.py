@@ -9,18 +9,10 @@ import time
 import numpy as np
 
 
-def _best_time(function, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: int = 128) -> int:
     """Forward and backward on a default shape, checked against the reference, timed against it."""
     from . import RNN, reference
+    from .bench import interleaved_medians
 
     print(f"fastrnn demo: Elman RNN, tanh, float32, T={steps} B={batch} I={input_size} H={hidden_size}, "
           "2 layers, bidirectional")
@@ -48,8 +40,10 @@ def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: i
             layer.backward(grad)
         return run
 
-    fast_time = _best_time(step(fast), 20)
-    slow_time = _best_time(step(slow), 5)
+    # Timed as the bench times: alternating blocks, each settled first, so that the
+    # NumPy reference's spinning BLAS threads are not charged to fastrnn.
+    medians = interleaved_medians({"fastrnn": step(fast), "numpy": step(slow)}, budget=1.0)
+    fast_time, slow_time = medians["fastrnn"], medians["numpy"]
     print(f"forward+backward: fastrnn {fast_time * 1e3:.2f} ms, NumPy reference {slow_time * 1e3:.2f} ms, "
           f"speedup {slow_time / fast_time:.1f}x")
     ok = output_error < 1e-4 and grad_error < 1e-4 and weight_error < 1e-3

@@ -198,7 +198,7 @@ def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
 SETTLE_SECONDS = 0.2
 
 
-def _interleaved_medians(
+def interleaved_medians(
     functions: dict[str, Callable[[], None]], budget: float, settle: float = SETTLE_SECONDS
 ) -> dict[str, float]:
     """Median seconds per call, timing the functions in alternating blocks of calls.
@@ -256,8 +256,8 @@ def run(
         for peer in active:
             makers[peer] = lambda s=shape, p=peer: PEER_FACTORIES[p](s, dtype, nonlinearity)
         made = {name: make() for name, make in makers.items()}
-        forward = _interleaved_medians({name: pair[0] for name, pair in made.items()}, budget, settle)
-        both = _interleaved_medians({name: pair[1] for name, pair in made.items()}, budget, settle)
+        forward = interleaved_medians({name: pair[0] for name, pair in made.items()}, budget, settle)
+        both = interleaved_medians({name: pair[1] for name, pair in made.items()}, budget, settle)
         result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
         for peer in active:
             result.peers[peer] = {"forward_ms": forward[peer] * 1e3, "forward_backward_ms": both[peer] * 1e3}
