@@ -11,6 +11,8 @@ import math
 import time
 from collections.abc import Callable
 
+from fastrnn.bench import SETTLE_SECONDS
+
 from ._data import BACKENDS, Problem, make_layer, make_problem
 
 # (T, B, I, H). Small enough that the per-step Python loop of the reference finishes the
@@ -78,11 +80,19 @@ def _calls_per_sample(function: Callable[[], object]) -> int:
 
 def best_seconds_per_call(functions: list[Callable[[], object]], rounds: int) -> list[float]:
     """Best time per call of each function, sampled in turn so that they share the machine's
-    quiet and busy moments alike."""
+    quiet and busy moments alike.
+
+    Each sample follows untimed calls of its own function, as in ``python -m fastrnn bench``:
+    NumPy's OpenBLAS threads spin for about 0.1 s after the reference's products, and
+    fastrnn's threads sampled inside that window ran up to 2x slower.
+    """
     calls = [_calls_per_sample(function) for function in functions]
     best = [math.inf] * len(functions)
     for _ in range(rounds):
         for index, (function, count) in enumerate(zip(functions, calls, strict=True)):
+            settled = time.perf_counter() + SETTLE_SECONDS
+            while time.perf_counter() < settled:
+                function()
             start = time.perf_counter()
             for _ in range(count):
                 function()
