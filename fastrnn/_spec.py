@@ -34,6 +34,14 @@ class StackSpec:
         """Parameter names of one layer-direction, in torch's order."""
         return self._names[layer][direction]
 
+    def kind_names(self, layer: int) -> tuple[tuple[str, ...], ...]:
+        """Parameter names of one layer by kind (weight_ih, weight_hh[, bias_ih, bias_hh]), each per direction."""
+        return self._kind_names[layer]
+
+    @cached_property
+    def _kind_names(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
+        return tuple(tuple(zip(*directions, strict=True)) for directions in self._names)
+
     @cached_property
     def _names(self) -> tuple[tuple[tuple[str, ...], ...], ...]:
         # Built once per spec: every forward and backward looks them up.

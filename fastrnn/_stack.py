@@ -45,35 +45,37 @@ class StackState:
 
 
 def _kernel_array(array: np.ndarray) -> np.ndarray:
-    """Flat, C-contiguous and writable: the one array type the kernels' per-direction tuples hold."""
+    """Flat, C-contiguous and writable: the one array type the kernels' per-direction pairs hold."""
     flat = np.ascontiguousarray(array).ravel()
     return flat if flat.flags.writeable else flat.copy()
 
 
-def _direction_pair(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels take one array per direction as a pair; a single direction fills both slots."""
-    return arrays if len(arrays) == 2 else (arrays[0], arrays[0])
+def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[weights_ih, weights_hh, biases_ih, biases_hh] of one layer, each a pair over its directions.
 
-
-def _gradient_pair(grads, names, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flat gradients of parameter ``index`` (torch's order) of each direction, as a pair."""
-    return _direction_pair(tuple(grads[direction_names[index]].reshape(-1) for direction_names in names))
-
-
-def _layer_parameters(spec: StackSpec, params, layer: int, dtype):
-    """(weights_ih, weights_hh, biases_ih, biases_hh) of one layer, each a pair over its directions.
-
-    Without bias the biases are zeros, so the kernels add them unconditionally.
+    The kernels take one array per direction as a pair; a single direction fills both
+    slots. Without bias the biases are zeros, so the kernels add them unconditionally.
     """
-    per_direction = []
-    for direction in range(spec.directions):
-        names = spec.direction_names(layer, direction)
-        arrays = tuple(_kernel_array(params[name]) for name in names)
-        if not spec.bias:
-            zeros = np.zeros(spec.hidden_size, dtype=dtype)
-            arrays += (zeros, zeros)
-        per_direction.append(arrays)
-    return tuple(_direction_pair(arrays) for arrays in zip(*per_direction, strict=True))
+    pairs = []
+    for names in spec.kind_names(layer):
+        first = _kernel_array(params[names[0]])
+        pairs.append((first, _kernel_array(params[names[1]])) if len(names) == 2 else (first, first))
+    if not spec.bias:
+        zeros = np.zeros(spec.hidden_size, dtype=dtype)
+        pairs += [(zeros, zeros)] * 2
+    return pairs
+
+
+def _gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The flat gradients of one layer, paired over directions like ``_layer_parameters``."""
+    pairs = []
+    for names in spec.kind_names(layer):
+        first = grads[names[0]].reshape(-1)
+        pairs.append((first, grads[names[1]].reshape(-1)) if len(names) == 2 else (first, first))
+    if not spec.bias:
+        unused = np.zeros(0, dtype=dtype)
+        pairs += [(unused, unused)] * 2
+    return pairs
 
 
 def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
@@ -162,7 +164,6 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
     kernels = CELL_KERNELS[spec.cell]
     directions = spec.directions
     dtype = grad_output.dtype
-    no_bias = (np.zeros(0, dtype=dtype),) * 2
     grad_hx = np.empty_like(grad_h_n)
     grad_hidden = grad_output  # owned by us: the front end hands over a fresh copy
     for layer in reversed(range(spec.num_layers)):
@@ -173,12 +174,7 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
             layer_input = state.layers[layer - 1].hidden * saved.input_mask
         steps, batch, features = layer_input.shape
         weights_ih, weights_hh, _, _ = _layer_parameters(spec, params, layer, dtype)
-        names = [spec.direction_names(layer, direction) for direction in range(directions)]
-        grads_weight_ih, grads_weight_hh = (_gradient_pair(grads, names, i) for i in (0, 1))
-        if spec.bias:
-            grads_bias_ih, grads_bias_hh = (_gradient_pair(grads, names, i) for i in (2, 3))
-        else:
-            grads_bias_ih = grads_bias_hh = no_bias
+        grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh = _gradient_pairs(spec, grads, layer, dtype)
         rows = slice(layer * directions, (layer + 1) * directions)
         grad_input = np.empty((steps, batch, features), dtype=dtype)
         run_kernel(
