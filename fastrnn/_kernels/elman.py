@@ -149,9 +149,10 @@ def recur(
     GEMM per step: a batch piece's rows are not contiguous across steps); otherwise
     ``hidden`` already holds the projections and ``weight_ih`` is not read.
 
-    The weights are transposed here, once per call: OpenBLAS's small-matrix kernels run
-    1.6-5x slower with a transposed right operand (measured, H=64-512, 1-100 rows), and
-    a thread that transposes its own copy needs nothing from the others.
+    The weights are transposed here, once per call: with a transposed right operand
+    OpenBLAS ran these products up to 5x slower (measured, H=32-1024, 1-64 rows; only
+    single rows at H>=128 were faster transposed, by about 15%), and a thread that
+    transposes its own copy needs nothing from the others.
     """
     bias = bias_ih + bias_hh
     weight_hh_t = transposed(weight_hh, hidden_size, hidden_size)
@@ -296,9 +297,10 @@ def _forward_layer(
         direction = task // pieces
         first, rows = _piece(batch, pieces, task % pieces)
         # On one thread, one GEMM per direction projects every step (BLAS may use its own
-        # threads for it). On numba's threads each piece projects step by step instead:
-        # whole-sequence GEMMs on both threads at once ran a bidirectional layer 25% slower
-        # than the small per-step products (measured, T=100, B=16, H=128).
+        # threads for it). On numba's threads each piece projects step by step instead,
+        # which also suits batch pieces, whose rows are not contiguous across steps: for a
+        # bidirectional layer (T=100, B=16, H=128) that took 0.50 ms where whole-sequence
+        # GEMMs on both threads at once took 0.48-0.72 ms, depending on the run.
         project_steps = blas_single_threaded
         if not project_steps:
             project_input(
