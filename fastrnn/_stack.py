@@ -25,7 +25,7 @@ INFERENCE_CHUNK_STEPS = 64
 
 # Below this much recurrent work per layer (T*B*H*H multiply-adds over its directions),
 # splitting it over threads does not pay: at (T, B, H) = (100, 4, 64), 1.6M, two threads
-# were no faster than one; at (100, 8, 128), 13M, they were 1.2-1.5x faster.
+# were no faster than one; at (100, 8, 128), 13M, they were 1.1-1.5x faster.
 PARALLEL_RECURRENCE_WORK = 4_000_000
 
 
