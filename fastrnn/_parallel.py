@@ -111,6 +111,12 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
         serial(*args, 1, False)
         return
     threading_layer()
-    numba.set_num_threads(_num_threads)  # per calling thread, so concurrent callers do not clash
-    with blas_single_threaded(), _workqueue_lock if _layer_serialises else nullcontext():
-        parallel(*args, pieces, True)
+    # numba's thread count is per calling thread, so concurrent callers do not clash; the
+    # caller's own setting is restored for its own numba code.
+    callers_threads = numba.get_num_threads()
+    numba.set_num_threads(_num_threads)
+    try:
+        with blas_single_threaded(), _workqueue_lock if _layer_serialises else nullcontext():
+            parallel(*args, pieces, True)
+    finally:
+        numba.set_num_threads(callers_threads)

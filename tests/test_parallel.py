@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -194,3 +195,15 @@ print(os.waitstatus_to_exitcode(status))
 def test_forked_child_of_a_threaded_process_runs_on_one_thread():
     result = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["0"]
+
+
+def test_callers_numba_thread_count_is_restored(parallel_engine):
+    numba.set_num_threads(1)
+    try:
+        config = Config(num_layers=2, bidirectional=True)
+        fast, _ = make_layers(config, np.float32)
+        run_layer(fast, make_problem(config, np.float32, steps=4, batch=4))
+        assert parallel_engine
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
