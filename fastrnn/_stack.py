@@ -1,7 +1,7 @@
-"""The compiled engine: stacks layer-direction kernels into layers, directions and dropout.
+"""The compiled engine: stacks layer kernels into a network, with its dropout.
 
-Nothing here runs per time step: each layer-direction is one kernel call over the whole
-sequence. Cell kinds plug in through ``CELL_KERNELS``; this module only knows how layers
+Nothing here runs per time step: each layer, all its directions included, is one kernel
+call over the whole sequence. Cell kinds plug in through ``CELL_KERNELS``; this module only knows how layers
 connect (inputs, dropout, the two directions) and what backward needs to keep.
 """
 

@@ -1,4 +1,6 @@
-"""Elman RNN kernels: one call runs one layer-direction over the whole sequence.
+"""Elman RNN kernels: one call of ``forward_layer`` or ``backward_layer`` runs one layer,
+all its directions, over the whole sequence; the functions they call each handle one
+direction, or a batch piece of one.
 
 Layout shared by every kernel (all arrays C-contiguous, passed flat):
 - ``layer_input``: (T*B, F) rows in time-major order.
