@@ -50,8 +50,9 @@ _Q0, _Q2, _Q4, _Q6 = _DENOMINATOR
 _TANH64_SMALL = 0.625
 _TANH64_P = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
 _TANH64_Q = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
-# tanh(22) is 1.0 in float64; clamping bounds the exponent of e^2x to 2^64.
-_TANH64_CLAMP = 22.0
+# tanh(21.5) is 1.0 in float64 (1 - tanh(21.5) < 5e-19); clamping there keeps e^2x
+# below 2^63, so 2^k comes from a 64-bit shift.
+_TANH64_CLAMP = 21.5
 _LOG2E = 1.4426950408889634
 # ln 2 split so that k * _LN2_HIGH is exact for the k used here (Cody and Waite).
 _LN2_HIGH = 6.93145751953125e-1
@@ -62,7 +63,7 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _C
 
 @register_jitable(inline="always")
 def _exp_reduced(y):
-    """e^y for 0 <= y <= 44, NaN in, NaN out; plain arithmetic, so it vectorises."""
+    """e^y for 0 <= y <= 43, NaN in, NaN out; plain arithmetic, so it vectorises."""
     finite = y if y == y else 0.0
     k = int(finite * _LOG2E + 0.5)
     r = (y - k * _LN2_HIGH) - k * _LN2_LOW  # |r| <= ln2 / 2
@@ -80,15 +81,8 @@ def _exp_reduced(y):
     p = p * r + _C2
     p = p * r + _C1
     p = p * r + _C0
-    # 2^k for 0 <= k < 128, one bit at a time, with selects instead of branches.
-    scale = 2.0 if k & 1 else 1.0
-    scale *= 4.0 if k & 2 else 1.0
-    scale *= 16.0 if k & 4 else 1.0
-    scale *= 256.0 if k & 8 else 1.0
-    scale *= 65536.0 if k & 16 else 1.0
-    scale *= 4294967296.0 if k & 32 else 1.0
-    scale *= 18446744073709551616.0 if k & 64 else 1.0
-    return p * scale
+    # 2^k, exact: k <= 62 after the clamp, so the shift stays within int64.
+    return p * float(1 << k)
 
 
 @register_jitable(inline="always")
