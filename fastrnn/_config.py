@@ -3,6 +3,7 @@
 import types
 
 import numba
+from numba.extending import register_jitable
 
 # "contract" lets LLVM fuse multiply-adds and "reassoc" lets it vectorise reductions.
 # NaN/inf handling is left exact on purpose: non-finite data must propagate as in torch.
@@ -19,6 +20,17 @@ JIT_OPTIONS = {
 def jit(function):
     """Compile ``function`` with the package's numba options."""
     return numba.njit(**JIT_OPTIONS)(function)
+
+
+def jit_helper(function):
+    """Compile a small helper as part of each kernel that calls it, not as a kernel of its own.
+
+    A kernel of its own is compiled once per signature its callers pass, and constants
+    (BLAS flags, zero offsets) count as signatures of their own: three compilations per
+    dtype for the GEMM wrapper, 0.1-0.2 s each. A helper is typed with plain int types.
+    """
+    options = {key: value for key, value in JIT_OPTIONS.items() if key in ("fastmath", "error_model")}
+    return register_jitable(**options)(function)
 
 
 def jit_parallel(function):

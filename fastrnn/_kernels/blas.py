@@ -17,7 +17,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .._config import jit
+from .._config import jit_helper
 
 _ROW_MAJOR = 101
 NO_TRANS = 111
@@ -93,7 +93,7 @@ def _typed_gemm_impl(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, b
     return None
 
 
-@jit
+@jit_helper
 def gemm(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c, c_offset, ldc):
     """C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta * C, on row-major blocks of flat arrays.
 

@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from .._config import jit, jit_parallel
+from .._config import jit, jit_helper, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
 from .layout import transposed
@@ -44,7 +44,7 @@ SUM_CHUNK_ALIGN = 16
 SUM_CHUNK_MIN = 32
 
 
-@jit
+@jit_helper
 def _row_chunk(rows, inner, cols, blas_single_threaded):
     """Rows per BLAS call for a (rows, inner) @ (inner, cols) product; see the constants above."""
     work = rows * inner * cols
@@ -71,7 +71,7 @@ def _chunked_product(
         )
 
 
-@jit
+@jit_helper
 def _sum_chunk(m, n, k, blas_single_threaded):
     """Rows of the sum per BLAS call for an (m, n) gradient summed over k rows.
 
@@ -84,7 +84,7 @@ def _sum_chunk(m, n, k, blas_single_threaded):
     return max(k, 1)
 
 
-@jit
+@jit_helper
 def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, blas_single_threaded):
     """c[m, n] += a[k, m].T @ b[k, n], summing over the k rows of ``a`` and ``b``."""
     chunk = _sum_chunk(m, n, k, blas_single_threaded)

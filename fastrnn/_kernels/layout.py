@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._config import jit
+from .._config import jit, jit_helper
 
 # Tile edge in elements. NumPy's own transposing copy of a 1024x1024 float32 matrix took
 # 3.5-7 ms: with a 4 KiB row stride, a column's elements all map to the same few cache
@@ -14,7 +14,7 @@ from .._config import jit
 TILE = 16
 
 
-@jit
+@jit_helper
 def transpose_into(source, rows, cols, target):
     """target (cols, rows) = source (rows, cols).T, both flat and C-contiguous."""
     for row_start in range(0, rows, TILE):
