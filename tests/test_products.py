@@ -14,6 +14,18 @@ from fastrnn._kernels.layout import transposed
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
 
+# The helpers below are compiled into the kernels that call them; these kernels call
+# them for the tests.
+@jit
+def _chunked_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, single):
+    elman._chunked_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, single)
+
+
+@jit
+def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, single_threaded):
+    elman._accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, single_threaded)
+
+
 @pytest.mark.parametrize(
     ("rows", "inner", "cols", "single_threaded"),
     [
@@ -36,7 +48,7 @@ def test_chunked_product_matches_numpy(rows, inner, cols, single_threaded, dtype
     expected = src_block.astype(np.float64) @ matrix.reshape(inner, cols) + 0.5 * dst_block
     untouched = dst.copy()
 
-    elman._chunked_product(src, 2, src_ld, matrix, dst, 1, dst_ld, rows, inner, cols, 0.5, single_threaded)
+    _chunked_product(src, 2, src_ld, matrix, dst, 1, dst_ld, rows, inner, cols, 0.5, single_threaded)
 
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(dst_block, expected, rtol=tolerance, atol=tolerance * inner)
@@ -84,12 +96,6 @@ def test_transposed_matches_numpy(rows, cols, dtype):
     assert result.dtype == dtype and result.shape == (rows * cols,) and result.flags.c_contiguous
     np.testing.assert_array_equal(result.reshape(cols, rows), matrix.T)
     np.testing.assert_array_equal(matrix, before)
-
-
-@jit
-def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, single_threaded):
-    # The helper is compiled into the kernels that call it; this kernel calls it for the test.
-    elman._accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, single_threaded)
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def _row_chunk(rows, inner, cols, blas_single_threaded):
     return max(1, (BLAS_THREADING_WORK - 1) // (inner * cols))
 
 
-@jit
+@jit_helper
 def _chunked_product(
     src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, blas_single_threaded
 ):
@@ -95,7 +95,7 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
         )
 
 
-@jit
+@jit_helper
 def _activate_block(hidden, offset, ld, rows, cols, bias, use_relu):
     """h = act(z + bias) in place: adding the bias here saves a pass over the projections."""
     for r in range(rows):
@@ -108,7 +108,7 @@ def _activate_block(hidden, offset, ld, rows, cols, bias, use_relu):
                 row[c] = tanh(row[c] + bias[c])
 
 
-@jit
+@jit_helper
 def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
     """grad *= act'(pre-activation), written in terms of the saved output h."""
     zero = grad.dtype.type(0.0)
