@@ -4,16 +4,16 @@ A layer big enough to split runs as one numba ``parallel=True`` kernel whose ``p
 loops hand its pieces (directions, batch ranges) to numba's already-running threads.
 
 While those threads run, NumPy's OpenBLAS (the library the kernels call) is limited to
-one thread: its pool keeps spinning after each call, and a spinning pool thread on a
-core one of our threads needs halves that thread's speed. The limit is process-wide, so
+one thread: its pool keeps spinning after each call, and a pool thread spinning on a
+core that one of our threads needs halves that thread's speed. The limit is process-wide, so
 it is reference-counted across concurrent callers and restored when the last one ends.
 
 Numba's ``workqueue`` threading layer (its fallback when neither TBB nor OpenMP can be
 loaded) must not be entered from two threads at once, so with it parallel kernels take
 turns; the ``omp`` and ``tbb`` layers let concurrent callers run side by side. GNU
 OpenMP cannot be used again in a child process forked after it started (numba stops
-such a child), so a forked child of a process whose threads had started stays on one
-thread.
+such a child), so a forked child of a process whose numba threads had started stays on
+one thread.
 """
 
 from __future__ import annotations
@@ -74,9 +74,13 @@ def blas_single_threaded() -> Iterator[None]:
 
 
 def _after_fork_in_child() -> None:
+    # Ask numba, not _layer_known: other numba code in the process may have started them.
     global _num_threads
-    if _layer_known:
-        _num_threads = 1
+    try:
+        numba.threading_layer()
+    except ValueError:  # numba's threads never started in the parent
+        return
+    _num_threads = 1
 
 
 if hasattr(os, "register_at_fork"):
