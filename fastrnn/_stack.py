@@ -50,16 +50,24 @@ def _kernel_array(array: np.ndarray) -> np.ndarray:
     return flat if flat.flags.writeable else flat.copy()
 
 
-def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[weights_ih, weights_hh, biases_ih, biases_hh] of one layer, each a pair over its directions.
+def _direction_pairs(spec: StackSpec, layer: int, flat) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``flat(name)`` of each kind of parameter of one layer, as a pair over its directions.
 
-    The kernels take one array per direction as a pair; a single direction fills both
-    slots. Without bias the biases are zeros, so the kernels add them unconditionally.
+    The kernels take one array per direction as a pair; a single direction fills both slots.
     """
     pairs = []
     for names in spec.kind_names(layer):
-        first = _kernel_array(params[names[0]])
-        pairs.append((first, _kernel_array(params[names[1]])) if len(names) == 2 else (first, first))
+        first = flat(names[0])
+        pairs.append((first, flat(names[1])) if len(names) == 2 else (first, first))
+    return pairs
+
+
+def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[weights_ih, weights_hh, biases_ih, biases_hh] of one layer, each a pair over its directions.
+
+    Without bias the biases are zeros, so the kernels add them unconditionally.
+    """
+    pairs = _direction_pairs(spec, layer, lambda name: _kernel_array(params[name]))
     if not spec.bias:
         zeros = np.zeros(spec.hidden_size, dtype=dtype)
         pairs += [(zeros, zeros)] * 2
@@ -67,11 +75,8 @@ def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[
 
 
 def _gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The flat gradients of one layer, paired over directions like ``_layer_parameters``."""
-    pairs = []
-    for names in spec.kind_names(layer):
-        first = grads[names[0]].reshape(-1)
-        pairs.append((first, grads[names[1]].reshape(-1)) if len(names) == 2 else (first, first))
+    """The flat gradients of one layer, paired like ``_layer_parameters``; empty for absent biases."""
+    pairs = _direction_pairs(spec, layer, lambda name: grads[name].reshape(-1))
     if not spec.bias:
         unused = np.zeros(0, dtype=dtype)
         pairs += [(unused, unused)] * 2
