@@ -261,6 +261,23 @@ def test_concurrent_calls_from_python_threads_match_serial_calls():
         np.testing.assert_allclose(h_n, expected_h_n, **tolerances)
 
 
+def test_inference_outputs_stay_independent_across_calls():
+    # Inference reuses the buffers of the lower layers' states from call to call; what it
+    # returns must never be one of them, whatever the shapes of the calls in between.
+    config = Config(input_size=8, hidden_size=16, num_layers=3, bidirectional=True)
+    layer = fastrnn.RNN(**vars(config), dtype=np.float64, seed=0)
+    oracle = reference.RNN(**vars(config), dtype=np.float64, seed=0)
+    layer.eval()
+    shapes = [(20, 4), (9, 3), (30, 5), (20, 4)]
+    inputs = [random_array(config.input_shape(steps, batch), np.float64, seed) for seed, (steps, batch) in enumerate(shapes)]
+    outputs = [layer(x) for x in inputs]
+    for x, (output, h_n) in zip(inputs, outputs, strict=True):
+        expected_output, expected_h_n = oracle(x)
+        np.testing.assert_allclose(output, expected_output, **VALUE_TOLERANCES["float64"])
+        np.testing.assert_allclose(h_n, expected_h_n, **VALUE_TOLERANCES["float64"])
+    assert not np.shares_memory(outputs[0][0], outputs[3][0])
+
+
 # ---------------------------------------------------------------- saved state
 
 
