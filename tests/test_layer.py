@@ -52,7 +52,11 @@ def test_hyper_parameters_are_exposed_like_torch():
     layer = fastrnn.RNN(4, 6, 2, "relu", False, True, 0.25, True, dtype=np.float64)
     assert (layer.input_size, layer.hidden_size, layer.num_layers) == (4, 6, 2)
     assert (layer.nonlinearity, layer.bias, layer.batch_first, layer.dropout, layer.bidirectional) == (
-        "relu", False, True, 0.25, True,
+        "relu",
+        False,
+        True,
+        0.25,
+        True,
     )
     assert layer.dtype == np.float64
     assert repr(layer) == (
@@ -269,7 +273,9 @@ def test_inference_outputs_stay_independent_across_calls():
     oracle = reference.RNN(**vars(config), dtype=np.float64, seed=0)
     layer.eval()
     shapes = [(20, 4), (9, 3), (30, 5), (20, 4)]
-    inputs = [random_array(config.input_shape(steps, batch), np.float64, seed) for seed, (steps, batch) in enumerate(shapes)]
+    inputs = [
+        random_array(config.input_shape(steps, batch), np.float64, seed) for seed, (steps, batch) in enumerate(shapes)
+    ]
     outputs = [layer(x) for x in inputs]
     for x, (output, h_n) in zip(inputs, outputs, strict=True):
         expected_output, expected_h_n = oracle(x)
