@@ -98,15 +98,12 @@ def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
 
     Batch rows never interact and the directions are independent, so pieces run
     concurrently with no synchronisation inside the time loop. Small layers stay on the
-    calling thread, and so do layers whose per-step product is large enough for BLAS's
-    own threads to share it well.
+    calling thread.
     """
     threads = get_num_threads()
     hidden_size = spec.hidden_size
     work = steps * batch * hidden_size * hidden_size * spec.directions
     if threads == 1 or work < PARALLEL_RECURRENCE_WORK:
-        return 0
-    if batch * hidden_size * hidden_size >= CELL_KERNELS[spec.cell].LARGE_STEP_WORK:
         return 0
     pieces = max(1, min(batch, -(-threads // spec.directions)))
     return pieces if pieces * spec.directions > 1 else 0

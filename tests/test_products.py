@@ -1,4 +1,4 @@
-"""The per-step products: how a step is cut into BLAS calls must never change the result."""
+"""The products inside the kernels: how they are cut into tiles or BLAS calls must never change the result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import fastrnn
 from fastrnn import _stack
 from fastrnn._config import jit
 from fastrnn._kernels import elman
-from fastrnn._kernels.layout import transposed
+from fastrnn._kernels.packed import PANEL_BYTES, packed_product, packed_weight
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
@@ -17,8 +17,15 @@ from .conftest import Config, assert_results_close, make_layers, make_problem, r
 # The helpers below are compiled into the kernels that call them; these kernels call
 # them for the tests.
 @jit
-def _chunked_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, single):
-    elman._chunked_product(src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, single)
+def _packed_product(src, src_offset, src_ld, weight, transposed_source, dst, dst_offset, dst_ld, rows, inner, cols):
+    packed = packed_weight(weight, inner, cols, transposed_source)
+    scratch = np.full(rows * (PANEL_BYTES // dst.itemsize), np.nan, dtype=dst.dtype)
+    packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch)
+
+
+@jit
+def _packed(weight, inner, cols, transposed_source):
+    return packed_weight(weight, inner, cols, transposed_source)
 
 
 @jit
@@ -26,76 +33,96 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
     elman._accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m, n, k, single_threaded)
 
 
-@pytest.mark.parametrize(
-    ("rows", "inner", "cols", "single_threaded"),
-    [
-        (20, 256, 256, True),  # cut into small-kernel chunks of 12 + 8 rows
-        (33, 300, 256, False),  # chunks that do not divide the rows
-        (64, 256, 256, True),  # enough rows for one packed call
-        (16, 512, 512, False),  # too wide for any small chunk: pool-sized chunks
-        (5, 64, 64, False),  # small enough for one call
-    ],
-)
+SHAPES = [
+    (1, 1, 1),
+    (1, 32, 64),  # one row: the tile kernel with several accumulator chains
+    (3, 17, 33),  # rows in tiles of 2 and 1; one full panel and a one-column edge
+    (13, 300, 65),  # rows in tiles of 8, 4 and 1; inner dimension in two chunks
+    (16, 128, 128),
+    (7, 600, 40),  # three chunks of the inner dimension and an edge panel
+    (64, 1024, 96),
+]
+
+
+@pytest.mark.parametrize(("rows", "inner", "cols"), SHAPES)
+@pytest.mark.parametrize("transposed_source", [True, False], ids=["weight-transposed", "weight-as-is"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_chunked_product_matches_numpy(rows, inner, cols, single_threaded, dtype):
+def test_packed_product_matches_numpy(rows, inner, cols, transposed_source, dtype):
     rng = np.random.default_rng(rows + inner + cols)
     src_ld, dst_ld = inner + 3, cols + 5  # row strides wider than the blocks, as in the kernels
     src = rng.standard_normal(2 + rows * src_ld).astype(dtype)
-    matrix = rng.standard_normal(inner * cols).astype(dtype)
+    weight = rng.standard_normal(inner * cols).astype(dtype)
+    matrix = weight.reshape(cols, inner).T if transposed_source else weight.reshape(inner, cols)
     dst = rng.standard_normal(1 + rows * dst_ld).astype(dtype)
     src_block = src[2:].reshape(rows, src_ld)[:, :inner]
     dst_block = dst[1:].reshape(rows, dst_ld)[:, :cols]
-    expected = src_block.astype(np.float64) @ matrix.reshape(inner, cols) + 0.5 * dst_block
+    expected = src_block.astype(np.float64) @ matrix + dst_block
     untouched = dst.copy()
+    weight_before, src_before = weight.copy(), src.copy()
 
-    _chunked_product(src, 2, src_ld, matrix, dst, 1, dst_ld, rows, inner, cols, 0.5, single_threaded)
+    _packed_product(src, 2, src_ld, weight, transposed_source, dst, 1, dst_ld, rows, inner, cols)
 
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(dst_block, expected, rtol=tolerance, atol=tolerance * inner)
-    # Padding between the blocks' rows is never written.
+    # Padding between the blocks' rows is never written, and the operands are unchanged.
     padding = np.ones(dst.size, dtype=bool)
     padding[1:].reshape(rows, dst_ld)[:, :cols] = False
     np.testing.assert_array_equal(dst[padding], untouched[padding])
+    np.testing.assert_array_equal(weight, weight_before)
+    np.testing.assert_array_equal(src, src_before)
 
 
-def test_row_chunk_cuts_mid_sized_steps():
-    # The cases above only test chunking if chunking happens at those sizes.
-    assert elman._row_chunk(20, 256, 256, True) == 12
-    assert elman._row_chunk(33, 300, 256, False) == 12
-    assert elman._row_chunk(64, 256, 256, True) == 64
-    assert elman._row_chunk(5, 64, 64, False) == 5
-    assert elman._row_chunk(16, 512, 512, False) == 1
+@pytest.mark.parametrize(("inner", "cols"), [(1, 1), (5, 33), (300, 64), (257, 1000), (1024, 40)])
+@pytest.mark.parametrize("transposed_source", [True, False], ids=["weight-transposed", "weight-as-is"])
+def test_packed_weight_layout(inner, cols, transposed_source):
+    # Panel p holds columns p*w:(p+1)*w of B as `inner` rows of w values, zero past `cols`.
+    weight = np.random.default_rng(inner * cols).standard_normal(inner * cols).astype(np.float32)
+    matrix = weight.reshape(cols, inner).T if transposed_source else weight.reshape(inner, cols)
+    width = PANEL_BYTES // 4
+    panels = -(-cols // width)
+    padded = np.zeros((inner, panels * width), dtype=np.float32)
+    padded[:, :cols] = matrix
+
+    packed = _packed(weight, inner, cols, transposed_source)
+
+    expected = padded.reshape(inner, panels, width).transpose(1, 0, 2).ravel()
+    np.testing.assert_array_equal(packed, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_packed_product_propagates_non_finite_values(dtype):
+    # NaN and inf in a row reach exactly the outputs they feed, as in a plain product.
+    rows, inner, cols = 9, 40, 70
+    src = np.ones(rows * inner, dtype=dtype)
+    src[2 * inner + 5] = np.nan
+    src[6 * inner] = np.inf
+    weight = np.ones(inner * cols, dtype=dtype)
+    dst = np.zeros(rows * cols, dtype=dtype)
+
+    _packed_product(src, 0, inner, weight, True, dst, 0, cols, rows, inner, cols)
+
+    result = dst.reshape(rows, cols)
+    assert np.isnan(result[2]).all() and np.isposinf(result[6]).all()
+    finite = np.delete(result, [2, 6], axis=0)
+    np.testing.assert_array_equal(finite, np.full_like(finite, inner))
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one-thread", "threads"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_layer_with_chunked_steps_matches_reference(bidirectional, parallel, monkeypatch):
-    # B=40, H=256, I=260: the recurrent products, and on the threaded path each piece's
-    # per-step input products (20 rows each), go through row chunks.
+def test_layer_with_edge_panels_and_row_remainders_matches_reference(bidirectional, parallel, monkeypatch):
+    # B=43, H=100, I=70: neither the hidden nor the input size fills whole panels, and on
+    # the threaded path each piece's rows (21 and 22) end in tiles of 4, 2 and 1 rows.
     original_threads = fastrnn.get_num_threads()
     fastrnn.set_num_threads(2 if parallel else 1)
     monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
     try:
-        config = Config(input_size=260, hidden_size=256, bidirectional=bidirectional)
+        config = Config(input_size=70, hidden_size=100, bidirectional=bidirectional)
         fast, slow = make_layers(config, np.float64)
-        problem = make_problem(config, np.float64, steps=3, batch=40)
-        assert (_stack._pieces_per_direction(fast.spec, 3, 40) > 0) == parallel
+        problem = make_problem(config, np.float64, steps=3, batch=43)
+        assert (_stack._pieces_per_direction(fast.spec, 3, 43) > 0) == parallel
         assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
     finally:
         fastrnn.set_num_threads(original_threads)
-
-
-@pytest.mark.parametrize(("rows", "cols"), [(3, 5), (64, 64), (300, 257), (256, 512), (1024, 1024)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_transposed_matches_numpy(rows, cols, dtype):
-    matrix = np.random.default_rng(rows * cols).standard_normal((rows, cols)).astype(dtype)
-    before = matrix.copy()
-
-    result = transposed(matrix.ravel(), rows, cols)
-
-    assert result.dtype == dtype and result.shape == (rows * cols,) and result.flags.c_contiguous
-    np.testing.assert_array_equal(result.reshape(cols, rows), matrix.T)
-    np.testing.assert_array_equal(matrix, before)
 
 
 @pytest.mark.parametrize(
@@ -127,9 +154,8 @@ def test_accumulate_gradient_matches_numpy(m, n, k, single_threaded, chunk, dtyp
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_layer_with_large_steps_matches_reference(bidirectional):
-    # B * H * H = 8M: each step is one BLAS call that may use BLAS's own threads.
+    # H=1024: the inner dimension of each step runs in several chunks.
     config = Config(input_size=16, hidden_size=1024, bidirectional=bidirectional)
     fast, slow = make_layers(config, np.float64)
     problem = make_problem(config, np.float64, steps=3, batch=8)
-    assert 8 * 1024 * 1024 >= elman.LARGE_STEP_WORK
     assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)

@@ -18,57 +18,22 @@ from numba.extending import register_jitable
 from .._config import jit, jit_helper, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
-from .layout import transposed
+from .packed import PANEL_BYTES, packed_product, packed_weight
 
+# Whole-sequence products (input projections, weight and input gradients) go through
+# OpenBLAS; the per-step products go through ``packed_product``.
+#
 # OpenBLAS runs a product with m*n*k up to 100**3 through its direct small-matrix
-# kernels: no packing and no thread pool. Just above that size the packed path is up to
-# 1.9x slower per flop (measured single-threaded, H=256-384, 16-32 rows), so a mid-sized
-# step is cut into row chunks that stay under it. Chunks are whole multiples of
-# SMALL_CHUNK_ALIGN rows: 6, 10 or 15 rows ran 1.3-1.8x slower than 4, 8 or 12.
+# kernels: no packing and no thread pool; it hands a packed GEMM to its thread pool once
+# m*n*k reaches 4 * 65536.
 SMALL_KERNEL_WORK = 100**3
-SMALL_CHUNK_ALIGN = 4
-# From this many rows on, one packed product beats small chunks (measured: 64 rows,
-# H=128-512), because packing the weight is shared by enough rows.
-PACKED_MIN_ROWS = 64
-# OpenBLAS hands a packed GEMM to its thread pool once m*n*k reaches 4 * 65536; for a
-# per-step product that size, waking the pool costs more than it saves, so such steps
-# are split into row chunks that stay single-threaded. Past LARGE_STEP_WORK the pool
-# pays off.
 BLAS_THREADING_WORK = 4 * 65536
-LARGE_STEP_WORK = 8 * 1024 * 1024
 # Weight gradients sum over every (step, batch) row: a long inner dimension. Cut into
 # chunks of a multiple of SUM_CHUNK_ALIGN rows that keep each product on the small-matrix
 # kernels, they ran 1.2-1.5x faster single-threaded (64x64 and 128x128 gradients over
 # 1600-4096 rows); chunks under SUM_CHUNK_MIN rows were no faster than one packed call.
 SUM_CHUNK_ALIGN = 16
 SUM_CHUNK_MIN = 32
-
-
-@jit_helper
-def _row_chunk(rows, inner, cols, blas_single_threaded):
-    """Rows per BLAS call for a (rows, inner) @ (inner, cols) product; see the constants above."""
-    work = rows * inner * cols
-    if work <= SMALL_KERNEL_WORK or work >= LARGE_STEP_WORK:
-        return rows
-    small_rows = SMALL_KERNEL_WORK // (inner * cols) // SMALL_CHUNK_ALIGN * SMALL_CHUNK_ALIGN
-    if small_rows > 0 and rows < PACKED_MIN_ROWS:
-        return small_rows
-    if blas_single_threaded:
-        return rows
-    return max(1, (BLAS_THREADING_WORK - 1) // (inner * cols))
-
-
-@jit_helper
-def _chunked_product(
-    src, src_offset, src_ld, matrix, dst, dst_offset, dst_ld, rows, inner, cols, beta, blas_single_threaded
-):
-    """dst[rows, cols] = src[rows, inner] @ matrix[inner, cols] + beta * dst, in row chunks."""
-    chunk = _row_chunk(rows, inner, cols, blas_single_threaded)
-    for start in range(0, rows, chunk):
-        gemm(
-            NO_TRANS, NO_TRANS, min(chunk, rows - start), cols, inner, src, src_offset + start * src_ld,
-            src_ld, matrix, 0, cols, beta, dst, dst_offset + start * dst_ld, dst_ld,
-        )
 
 
 @jit_helper
@@ -141,7 +106,7 @@ def project_input(layer_input, feature_size, weight_ih, hidden, first_row, rows,
 @jit
 def recur(
     layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
-    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n, blas_single_threaded,
+    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
 
@@ -151,14 +116,13 @@ def recur(
     GEMM per step: a batch piece's rows are not contiguous across steps); otherwise
     ``hidden`` already holds the projections and ``weight_ih`` is not read.
 
-    The weights are transposed here, once per call: with a transposed right operand
-    OpenBLAS ran these products up to 5x slower (measured, H=32-1024, 1-64 rows; only
-    single rows at H>=128 were faster transposed, by about 15%), and a thread that
-    transposes its own copy needs nothing from the others.
+    The weights are packed here, once per call, for ``packed_product``; a thread that
+    packs its own copy needs nothing from the others.
     """
     bias = bias_ih + bias_hh
-    weight_hh_t = transposed(weight_hh, hidden_size, hidden_size)
-    weight_ih_t = transposed(weight_ih, hidden_size, feature_size) if project_steps else weight_ih
+    packed_hh = packed_weight(weight_hh, hidden_size, hidden_size, True)
+    packed_ih = packed_weight(weight_ih, feature_size, hidden_size, True) if project_steps else packed_hh
+    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
     step_stride = batch * width
     base = first_row * width + offset
     previous = h0
@@ -168,13 +132,18 @@ def recur(
         t = steps - 1 - s if reverse else s
         current = t * step_stride + base
         if project_steps:
-            _chunked_product(
-                layer_input, (t * batch + first_row) * feature_size, feature_size, weight_ih_t, hidden,
-                current, width, rows, feature_size, hidden_size, 0.0, blas_single_threaded,
+            zero = hidden.dtype.type(0.0)
+            for r in range(rows):
+                row = hidden[current + r * width : current + r * width + hidden_size]
+                for c in range(hidden_size):
+                    row[c] = zero
+            packed_product(
+                layer_input, (t * batch + first_row) * feature_size, feature_size, packed_ih, hidden, current,
+                width, rows, feature_size, hidden_size, scratch,
             )
-        _chunked_product(
-            previous, previous_offset, previous_ld, weight_hh_t, hidden, current, width, rows, hidden_size,
-            hidden_size, 1.0, blas_single_threaded,
+        packed_product(
+            previous, previous_offset, previous_ld, packed_hh, hidden, current, width, rows, hidden_size, hidden_size,
+            scratch,
         )
         _activate_block(hidden, current, width, rows, hidden_size, bias, use_relu)
         previous = hidden
@@ -188,7 +157,7 @@ def recur(
 @jit
 def backpropagate(
     weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
-    reverse, use_relu, grad_h0, blas_single_threaded,
+    reverse, use_relu, grad_h0,
 ):
     """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
@@ -196,6 +165,8 @@ def backpropagate(
     this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0.
     dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed.
     """
+    packed_hh = packed_weight(weight_hh, hidden_size, hidden_size, False)
+    scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
     step_stride = batch * width
     base = first_row * width + offset
     last = 0 if reverse else steps - 1
@@ -214,9 +185,9 @@ def backpropagate(
         else:
             grad_h0[h0_start : h0_start + rows * hidden_size] = 0.0
             target, target_offset, target_ld = grad_h0, h0_start, hidden_size
-        _chunked_product(
-            grad_hidden, current, width, weight_hh, target, target_offset, target_ld, rows, hidden_size,
-            hidden_size, 1.0, blas_single_threaded,
+        packed_product(
+            grad_hidden, current, width, packed_hh, target, target_offset, target_ld, rows, hidden_size, hidden_size,
+            scratch,
         )
 
 
@@ -312,7 +283,7 @@ def _forward_layer(
         recur(
             layer_input, feature_size, weights_ih[direction], biases_ih[direction], biases_hh[direction],
             project_steps, weights_hh[direction], h0[direction], hidden, steps, batch, first, rows, hidden_size,
-            width, direction * hidden_size, direction == 1, use_relu, h_n[direction], blas_single_threaded,
+            width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
         )
 
 
@@ -335,7 +306,6 @@ def _backward_layer(
         backpropagate(
             weights_hh[direction], hidden, grad_hidden, grad_h_n[direction], steps, batch, first, rows,
             hidden_size, width, direction * hidden_size, direction == 1, use_relu, grad_h0[direction],
-            blas_single_threaded,
         )
     for task in prange(tasks):
         direction = task // pieces

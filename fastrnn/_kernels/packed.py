@@ -1,0 +1,378 @@
+"""Per-step products against a weight matrix packed once per layer call.
+
+A time step multiplies a few rows (one batch piece) by a whole weight matrix. Through
+BLAS every such call repacks the matrix, T times per layer: at (B, H) = (64, 1024) the
+threaded OpenBLAS steps ran at about 350 GFLOP/s where a large sgemm reaches 450-470.
+Here the matrix is packed once, into column panels, and each step runs a register-tiled
+kernel over them. Its inner loop is written directly as LLVM vector code (the scalar
+loop numba would emit for it did not vectorise: ~20 GFLOP/s), so it keeps
+``TILE_ROWS x PANEL_VECTORS`` accumulator vectors in registers.
+
+Packed layout: panel ``p`` holds columns ``p*w : (p+1)*w`` of the right-hand matrix B
+(``inner`` x ``cols``), ``w = PANEL_BYTES // itemsize``, as ``inner`` contiguous rows of
+``w`` values; columns past ``cols`` are zeros.
+"""
+
+import llvmlite.binding as llvm_binding
+import llvmlite.ir as ir
+import numpy as np
+from numba import carray, cfunc, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .._config import jit_helper
+
+# One vector register's width: AVX-512 where the CPU has it. LLVM splits wider vectors
+# than the target has into several registers, so the code stays correct everywhere.
+VECTOR_BYTES = 64 if llvm_binding.get_host_cpu_features().get("avx512f", False) else 32
+# Accumulators: TILE_ROWS x PANEL_VECTORS vectors. 8x2 on AVX-512 (16 of its 32
+# registers) ran the (64, 1024, 1024) step product at 230-255 GFLOP/s on one core,
+# as fast as 4x4 and faster than 4x2 or 8x1; with 16 registers (AVX2) 4x2 leaves room
+# for the operands.
+PANEL_VECTORS = 2
+PANEL_BYTES = PANEL_VECTORS * VECTOR_BYTES
+TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
+# Steps of the inner dimension per pass over the panels: one panel's slice of B
+# (256 x 128 bytes) stays in L1 while every row tile of a step uses it.
+INNER_CHUNK = 256
+# Packing a transposed source: gathering each panel row took 1.2 us for 64x64 (float32)
+# where copying in blocks of 16 took 1.6 us, but 1.04 ms against 0.39 ms for 1024x1024,
+# whose 4 KiB row stride sends a gather's source lines to the same few cache sets.
+GATHER_MAX_INNER = 256
+
+
+def _tile_kernel(tile_rows: int, chains: int):
+    """An intrinsic: c[tile_rows, w] += a[tile_rows, :count] @ panel[:count, w].
+
+    Arguments (c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count): flat
+    arrays of one dtype, with element offsets and row strides. No bounds are checked.
+    With ``chains`` > 1 the steps of the inner dimension go round-robin to that many
+    sets of accumulators, summed at the end: a tile of one or two rows has too few
+    accumulators to hide the latency of a multiply-add otherwise.
+    """
+
+    @intrinsic
+    def tile(typingctx, c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count):
+        signature = types.void(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count)
+
+        def codegen(context, builder, signature, args):
+            arg_types = signature.args
+            i64 = ir.IntType(64)
+
+            def index(position):
+                return context.cast(builder, args[position], arg_types[position], types.int64)
+
+            def data(position):
+                return context.make_array(arg_types[position])(context, builder, args[position]).data
+
+            def constant(value):
+                return ir.Constant(i64, value)
+
+            dtype = arg_types[0].dtype
+            scalar = context.get_data_type(dtype)
+            lanes = VECTOR_BYTES * 8 // dtype.bitwidth
+            width = lanes * PANEL_VECTORS
+            vector = ir.VectorType(scalar, lanes)
+            align = dtype.bitwidth // 8
+            fma = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vector, [vector, vector, vector]),
+                f"llvm.fma.v{lanes}{'f32' if dtype.bitwidth == 32 else 'f64'}",
+            )
+            broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            undefined = ir.Constant(vector, ir.Undefined)
+            ldc, lda, count = index(2), index(5), index(8)
+            c_base = builder.gep(data(0), [index(1)])
+            a_base = builder.gep(data(3), [index(4)])
+            panel_base = builder.gep(data(6), [index(7)])
+            c_rows = [builder.gep(c_base, [builder.mul(ldc, constant(r))]) for r in range(tile_rows)]
+            a_rows = [builder.gep(a_base, [builder.mul(lda, constant(r))]) for r in range(tile_rows)]
+
+            def vector_at(row_pointer, v):
+                return builder.bitcast(builder.gep(row_pointer, [constant(v * lanes)]), vector.as_pointer())
+
+            def multiply_add(k, sums):
+                """sums (tile_rows * PANEL_VECTORS vectors) += a[:, k] (x) panel[k]."""
+                panel_row = builder.gep(panel_base, [builder.mul(k, constant(width))])
+                columns = [builder.load(vector_at(panel_row, v), align=align) for v in range(PANEL_VECTORS)]
+                updated = []
+                for r in range(tile_rows):
+                    value = builder.load(builder.gep(a_rows[r], [k]), align=align)
+                    single = builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0))
+                    splat = builder.shuffle_vector(single, undefined, broadcast)
+                    for v in range(PANEL_VECTORS):
+                        updated.append(builder.call(fma, [splat, columns[v], sums[r * PANEL_VECTORS + v]]))
+                return updated
+
+            def loop(k_start, initial, step, name):
+                """Run k from k_start while k + step <= count; returns (k, accumulators) after it."""
+                before = builder.block
+                header = builder.append_basic_block(f"{name}.header")
+                body = builder.append_basic_block(f"{name}.body")
+                after = builder.append_basic_block(f"{name}.after")
+                builder.branch(header)
+                builder.position_at_end(header)
+                k = builder.phi(i64)
+                k.add_incoming(k_start, before)
+                phis = []
+                for value in initial:
+                    phi = builder.phi(vector)
+                    phi.add_incoming(value, before)
+                    phis.append(phi)
+                builder.cbranch(builder.icmp_signed("<=", builder.add(k, constant(step)), count), body, after)
+                builder.position_at_end(body)
+                per_set = tile_rows * PANEL_VECTORS
+                updated = []
+                for chain in range(step):
+                    chain_sums = phis[chain * per_set : (chain + 1) * per_set]
+                    updated += multiply_add(builder.add(k, constant(chain)), chain_sums)
+                k.add_incoming(builder.add(k, constant(step)), builder.block)
+                for phi, value in zip(phis, updated, strict=True):
+                    phi.add_incoming(value, builder.block)
+                builder.branch(header)
+                builder.position_at_end(after)
+                return k, phis
+
+            start = [
+                builder.load(vector_at(c_rows[r], v), align=align)
+                for r in range(tile_rows)
+                for v in range(PANEL_VECTORS)
+            ]
+            zero = ir.Constant(vector, [ir.Constant(scalar, 0.0)] * lanes)
+            sums = start + [zero] * (len(start) * (chains - 1))
+            k = constant(0)
+            if chains > 1:
+                k, sums = loop(k, sums, chains, "tile.chains")
+                per_set = len(start)
+                total = sums[:per_set]
+                for chain in range(1, chains):
+                    chain_sums = sums[chain * per_set : (chain + 1) * per_set]
+                    total = [builder.fadd(a, b) for a, b in zip(total, chain_sums, strict=True)]
+                sums = total
+            k, sums = loop(k, sums, 1, "tile.rest")
+            for r in range(tile_rows):
+                for v in range(PANEL_VECTORS):
+                    builder.store(sums[r * PANEL_VECTORS + v], vector_at(c_rows[r], v), align=align)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
+_tile8 = _tile_kernel(8, 1)
+_tile4 = _tile_kernel(4, 1)
+_tile2 = _tile_kernel(2, 2)
+_tile1 = _tile_kernel(1, 4)
+
+
+@jit_helper
+def _tile_rows(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, rows):
+    """Run the tile kernel over ``rows`` rows, in tiles of TILE_ROWS, then 4, 2 and 1."""
+    done = 0
+    while done < rows:
+        left = rows - done
+        c_at = c_offset + done * ldc
+        a_at = a_offset + done * lda
+        if TILE_ROWS >= 8 and left >= 8:
+            _tile8(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            done += 8
+        elif left >= 4:
+            _tile4(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            done += 4
+        elif left >= 2:
+            _tile2(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            done += 2
+        else:
+            _tile1(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            done += 1
+
+
+@jit_helper
+def _pack(weight, inner, cols, transposed_source, packed):
+    # Copies go through views indexed from zero: with computed offsets into the flat
+    # arrays (numba then keeps its negative-index checks) they ran 2-6x slower.
+    width = PANEL_BYTES // weight.itemsize
+    zero = weight.dtype.type(0.0)
+    for p in range((cols + width - 1) // width):
+        first = p * width
+        used = min(width, cols - first)
+        panel = packed[p * inner * width : (p + 1) * inner * width]
+        for k in range(inner):
+            padding = panel[k * width + used : (k + 1) * width]
+            for j in range(width - used):
+                padding[j] = zero
+        if transposed_source and inner > GATHER_MAX_INNER:
+            # Source rows are read contiguously, 16 values at a time, so the block of the
+            # panel being written (16 x width values) stays in L1.
+            for k0 in range(0, inner, 16):
+                count = min(16, inner - k0)
+                for j in range(used):
+                    source = weight[(first + j) * inner + k0 : (first + j) * inner + k0 + count]
+                    column = panel[k0 * width + j : (k0 + count) * width : width]
+                    for k in range(count):
+                        column[k] = source[k]
+        elif transposed_source:
+            # Each panel row gathers one value from each of ``used`` source rows, whose
+            # lines stay in L1 from one panel row to the next while the rows are short.
+            for k in range(inner):
+                source = weight[first * inner + k : (first + used - 1) * inner + k + 1 : inner]
+                row = panel[k * width : k * width + used]
+                for j in range(used):
+                    row[j] = source[j]
+        else:
+            for k in range(inner):
+                source = weight[k * cols + first : k * cols + first + used]
+                row = panel[k * width : k * width + used]
+                for j in range(used):
+                    row[j] = source[j]
+
+
+@jit_helper
+def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
+    width = PANEL_BYTES // src.itemsize
+    full_panels = cols // width
+    edge_cols = cols - full_panels * width
+    panels = full_panels + (1 if edge_cols else 0)
+    edge_at = full_panels * width
+    zero = dst.dtype.type(0.0)
+    for r in range(rows if edge_cols else 0):
+        for c in range(width):
+            scratch[r * width + c] = dst[edge_at + r * dst_ld + c] if c < edge_cols else zero
+    for p in range(panels):
+        target, target_offset, target_ld = dst, p * width, dst_ld
+        if p == full_panels:
+            target, target_offset, target_ld = scratch, 0, width
+        for k0 in range(0, inner, INNER_CHUNK):
+            _tile_rows(
+                target, target_offset, target_ld, src, k0, src_ld, packed, (p * inner + k0) * width,
+                min(INNER_CHUNK, inner - k0), rows,
+            )
+    for r in range(rows if edge_cols else 0):
+        for c in range(edge_cols):
+            dst[edge_at + r * dst_ld + c] = scratch[r * width + c]
+
+
+# The packing and the product are compiled once per dtype, as C-callable functions that
+# the kernels call by symbol, like the BLAS routines. Compiled into each kernel instead,
+# the tile code made every kernel that reaches it larger: with numba compiling each
+# kernel together with everything it calls, compiling all Elman kernels went from 12 to
+# 18-22 s; with these calls, 14.4-15.3 s.
+_DTYPES = {"float32": types.float32, "float64": types.float64}
+_i64 = types.int64
+
+
+def _native_pack(scalar):
+    pointer = types.CPointer(scalar)
+
+    @cfunc(types.void(pointer, _i64, _i64, _i64, pointer, _i64), cache=True, error_model="numpy")
+    def native(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
+        weight = carray(weight_pointer, inner * cols)
+        packed = carray(packed_pointer, packed_size)
+        _pack(weight, inner, cols, transposed_source != 0, packed)
+
+    return native
+
+
+def _native_product(scalar):
+    pointer = types.CPointer(scalar)
+
+    @cfunc(
+        types.void(pointer, _i64, pointer, _i64, pointer, _i64, _i64, _i64, _i64, pointer, _i64),
+        cache=True,
+        error_model="numpy",
+    )
+    def native(
+        src_pointer, src_ld, packed_pointer, packed_size, dst_pointer, dst_ld, rows, inner, cols, scratch_pointer,
+        scratch_size,
+    ):
+        src = carray(src_pointer, (rows - 1) * src_ld + inner)
+        packed = carray(packed_pointer, packed_size)
+        dst = carray(dst_pointer, (rows - 1) * dst_ld + cols)
+        scratch = carray(scratch_pointer, scratch_size)
+        _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch)
+
+    return native
+
+
+def _register(name, function):
+    llvm_binding.add_symbol(name, function.address)
+    return function
+
+
+_natives = {}  # keeps the compiled functions, whose addresses the symbols hold, alive
+for _name, _scalar in _DTYPES.items():
+    _natives[_name] = (
+        _register(f"fastrnn_pack_{_name}", _native_pack(_scalar)),
+        _register(f"fastrnn_packed_product_{_name}", _native_product(_scalar)),
+    )
+
+_pointer = types.voidptr
+_pack_calls = {
+    name: types.ExternalFunction(f"fastrnn_pack_{name}", types.void(_pointer, _i64, _i64, _i64, _pointer, _i64))
+    for name in _DTYPES
+}
+_product_calls = {
+    name: types.ExternalFunction(
+        f"fastrnn_packed_product_{name}",
+        types.void(_pointer, _i64, _pointer, _i64, _pointer, _i64, _i64, _i64, _i64, _pointer, _i64),
+    )
+    for name in _DTYPES
+}
+_pack32, _pack64 = _pack_calls["float32"], _pack_calls["float64"]
+_product32, _product64 = _product_calls["float32"], _product_calls["float64"]
+
+
+def _call_pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
+    """Dispatch stub: numba picks the routine for ``like``'s dtype at compile time."""
+
+
+@overload(_call_pack, inline="always")
+def _call_pack_impl(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
+    routine = _pack32 if like.dtype == types.float32 else _pack64
+
+    def impl(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
+        routine(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size)
+
+    return impl
+
+
+def _call_product(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
+    """Dispatch stub: numba picks the routine for ``like``'s dtype at compile time."""
+
+
+@overload(_call_product, inline="always")
+def _call_product_impl(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
+    routine = _product32 if like.dtype == types.float32 else _product64
+
+    def impl(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
+        routine(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size)
+
+    return impl
+
+
+@jit_helper
+def packed_weight(weight, inner, cols, transposed_source):
+    """B (inner x cols) in panels; B is ``weight`` (inner, cols), or its transpose if
+    ``transposed_source``, when ``weight`` is (cols, inner) as PyTorch stores W_ih and W_hh."""
+    width = PANEL_BYTES // weight.itemsize
+    packed = np.empty((cols + width - 1) // width * inner * width, dtype=weight.dtype)
+    _call_pack(weight.ctypes.data, inner, cols, 1 if transposed_source else 0, packed.ctypes.data, packed.size, weight)
+    return packed
+
+
+@jit_helper
+def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch):
+    """dst[rows, :cols] += src[rows, :inner] @ B, with B from ``packed_weight``.
+
+    ``scratch`` (``rows * PANEL_BYTES`` bytes) holds the last, partial panel: the tile kernel
+    always writes whole panels, and the columns past ``cols`` belong to others.
+    """
+    if rows == 0:
+        return
+    size = src.itemsize
+    _call_product(
+        src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
+        dst.ctypes.data + dst_offset * size, dst_ld, rows, inner, cols, scratch.ctypes.data, scratch.size, src,
+    )
+
