@@ -12,12 +12,13 @@ Layout shared by every kernel (all arrays C-contiguous, passed flat):
 """
 
 import numpy as np
-from numba import prange
+from numba import carray, prange, types
 from numba.extending import register_jitable
 
-from .._config import jit, jit_helper, jit_parallel
+from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm
+from .native import export
 from .packed import PANEL_BYTES, packed_product, packed_weight
 
 # Whole-sequence products (input projections, weight and input gradients) go through
@@ -103,8 +104,8 @@ def project_input(layer_input, feature_size, weight_ih, hidden, first_row, rows,
     )
 
 
-@jit
-def recur(
+@jit_helper
+def _recur(
     layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
     first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
@@ -154,8 +155,8 @@ def recur(
             h_n[(first_row + b) * hidden_size + c] = previous[previous_offset + b * previous_ld + c]
 
 
-@jit
-def backpropagate(
+@jit_helper
+def _backpropagate(
     weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
     reverse, use_relu, grad_h0,
 ):
@@ -191,8 +192,89 @@ def backpropagate(
         )
 
 
-@jit
-def parameter_gradients(
+# The recurrences through time hold the step products and the activations: the code
+# that the serial and threaded layer kernels would otherwise each compile again.
+def _recur_native(
+    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
+    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+):
+    _recur(
+        carray(layer_input, steps * batch * feature_size), feature_size, carray(weight_ih, hidden_size * feature_size),
+        carray(bias_ih, hidden_size), carray(bias_hh, hidden_size), project_steps != 0,
+        carray(weight_hh, hidden_size * hidden_size), carray(h0, batch * hidden_size),
+        carray(hidden, steps * batch * width), steps, batch, first_row, rows, hidden_size, width, offset, reverse != 0,
+        use_relu != 0, carray(h_n, batch * hidden_size),
+    )
+
+
+def _backpropagate_native(
+    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    reverse, use_relu, grad_h0,
+):
+    size = steps * batch * width
+    _backpropagate(
+        carray(weight_hh, hidden_size * hidden_size), carray(hidden, size), carray(grad_hidden, size),
+        carray(grad_h_n, batch * hidden_size), steps, batch, first_row, rows, hidden_size, width, offset,
+        reverse != 0, use_relu != 0, carray(grad_h0, batch * hidden_size),
+    )
+
+
+def _recur_types(scalar):
+    array, index = types.CPointer(scalar), types.int64
+    return (array, index, array, array, array, index, array, array, array) + (index,) * 9 + (array,)
+
+
+def _backpropagate_types(scalar):
+    array, index = types.CPointer(scalar), types.int64
+    return (array,) * 4 + (index,) * 9 + (array,)
+
+
+_recurs = export("recur", _recur_native, _recur_types)
+_recur32, _recur64 = _recurs["float32"], _recurs["float64"]
+_backpropagates = export("backpropagate", _backpropagate_native, _backpropagate_types)
+_backpropagate32, _backpropagate64 = _backpropagates["float32"], _backpropagates["float64"]
+
+
+@jit_inline
+def recur(
+    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
+    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+):
+    """``_recur``, through its compiled C function for the dtype."""
+    if hidden.itemsize == 4:
+        _recur32(
+            layer_input.ctypes.data, feature_size, weight_ih.ctypes.data, bias_ih.ctypes.data, bias_hh.ctypes.data,
+            project_steps, weight_hh.ctypes.data, h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows,
+            hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
+        )
+    else:
+        _recur64(
+            layer_input.ctypes.data, feature_size, weight_ih.ctypes.data, bias_ih.ctypes.data, bias_hh.ctypes.data,
+            project_steps, weight_hh.ctypes.data, h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows,
+            hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
+        )
+
+
+@jit_inline
+def backpropagate(
+    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    reverse, use_relu, grad_h0,
+):
+    """``_backpropagate``, through its compiled C function for the dtype."""
+    if hidden.itemsize == 4:
+        _backpropagate32(
+            weight_hh.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps, batch,
+            first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
+        )
+    else:
+        _backpropagate64(
+            weight_hh.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps, batch,
+            first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
+        )
+
+
+@jit_helper
+def _parameter_gradients(
     layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
     reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
@@ -233,6 +315,55 @@ def parameter_gradients(
         for c in range(units):
             grad_bias_ih[first_unit + c] += bias_grad[c]
             grad_bias_hh[first_unit + c] += bias_grad[c]
+
+
+def _parameter_gradients_native(
+    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
+    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    blas_single_threaded,
+):
+    size = steps * batch * width
+    bias_size = hidden_size if has_bias else 0
+    _parameter_gradients(
+        carray(layer_input, steps * batch * feature_size), feature_size, carray(h0, batch * hidden_size),
+        carray(hidden, size), carray(grad_hidden, size), steps, batch, hidden_size, width, offset, reverse != 0,
+        first_unit, units, carray(grad_weight_ih, hidden_size * feature_size),
+        carray(grad_weight_hh, hidden_size * hidden_size), carray(grad_bias_ih, bias_size),
+        carray(grad_bias_hh, bias_size), has_bias != 0, blas_single_threaded != 0,
+    )
+
+
+def _parameter_gradients_types(scalar):
+    array, index = types.CPointer(scalar), types.int64
+    return (array, index) + (array,) * 3 + (index,) * 8 + (array,) * 4 + (index,) * 2
+
+
+_parameter_gradient_calls = export("parameter_gradients", _parameter_gradients_native, _parameter_gradients_types)
+_parameter_gradients32 = _parameter_gradient_calls["float32"]
+_parameter_gradients64 = _parameter_gradient_calls["float64"]
+
+
+@jit_inline
+def parameter_gradients(
+    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
+    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    blas_single_threaded,
+):
+    """``_parameter_gradients``, through its compiled C function for the dtype."""
+    if hidden.itemsize == 4:
+        _parameter_gradients32(
+            layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data,
+            steps, batch, hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data,
+            grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias,
+            blas_single_threaded,
+        )
+    else:
+        _parameter_gradients64(
+            layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data,
+            steps, batch, hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data,
+            grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias,
+            blas_single_threaded,
+        )
 
 
 @jit

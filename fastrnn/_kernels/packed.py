@@ -16,11 +16,12 @@ Packed layout: panel ``p`` holds columns ``p*w : (p+1)*w`` of the right-hand mat
 import llvmlite.binding as llvm_binding
 import llvmlite.ir as ir
 import numpy as np
-from numba import carray, cfunc, types
+from numba import carray, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
-from .._config import jit_helper
+from .._config import jit_helper, jit_inline
+from .native import export
 
 # One vector register's width: AVX-512 where the CPU has it. LLVM splits wider vectors
 # than the target has into several registers, so the code stays correct everywhere.
@@ -253,102 +254,37 @@ def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
             dst[edge_at + r * dst_ld + c] = scratch[r * width + c]
 
 
-# The packing and the product are compiled once per dtype, as C-callable functions that
-# the kernels call by symbol, like the BLAS routines. Compiled into each kernel instead,
-# the tile code made every kernel that reaches it larger: with numba compiling each
-# kernel together with everything it calls, compiling all Elman kernels went from 12 to
-# 18-22 s; with these calls, 14.4-15.3 s.
-_DTYPES = {"float32": types.float32, "float64": types.float64}
-_i64 = types.int64
+def _pack_native(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
+    weight = carray(weight_pointer, inner * cols)
+    packed = carray(packed_pointer, packed_size)
+    _pack(weight, inner, cols, transposed_source != 0, packed)
 
 
-def _native_pack(scalar):
-    pointer = types.CPointer(scalar)
-
-    @cfunc(types.void(pointer, _i64, _i64, _i64, pointer, _i64), cache=True, error_model="numpy")
-    def native(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
-        weight = carray(weight_pointer, inner * cols)
-        packed = carray(packed_pointer, packed_size)
-        _pack(weight, inner, cols, transposed_source != 0, packed)
-
-    return native
-
-
-def _native_product(scalar):
-    pointer = types.CPointer(scalar)
-
-    @cfunc(
-        types.void(pointer, _i64, pointer, _i64, pointer, _i64, _i64, _i64, _i64, pointer, _i64),
-        cache=True,
-        error_model="numpy",
-    )
-    def native(
-        src_pointer, src_ld, packed_pointer, packed_size, dst_pointer, dst_ld, rows, inner, cols, scratch_pointer,
-        scratch_size,
-    ):
-        src = carray(src_pointer, (rows - 1) * src_ld + inner)
-        packed = carray(packed_pointer, packed_size)
-        dst = carray(dst_pointer, (rows - 1) * dst_ld + cols)
-        scratch = carray(scratch_pointer, scratch_size)
-        _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch)
-
-    return native
+def _product_native(
+    src_pointer, src_ld, packed_pointer, packed_size, dst_pointer, dst_ld, rows, inner, cols, scratch_pointer,
+    scratch_size,
+):
+    src = carray(src_pointer, (rows - 1) * src_ld + inner)
+    packed = carray(packed_pointer, packed_size)
+    dst = carray(dst_pointer, (rows - 1) * dst_ld + cols)
+    scratch = carray(scratch_pointer, scratch_size)
+    _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch)
 
 
-def _register(name, function):
-    llvm_binding.add_symbol(name, function.address)
-    return function
+def _pack_types(scalar):
+    array, index = types.CPointer(scalar), types.int64
+    return (array, index, index, index, array, index)
 
 
-_natives = {}  # keeps the compiled functions, whose addresses the symbols hold, alive
-for _name, _scalar in _DTYPES.items():
-    _natives[_name] = (
-        _register(f"fastrnn_pack_{_name}", _native_pack(_scalar)),
-        _register(f"fastrnn_packed_product_{_name}", _native_product(_scalar)),
-    )
-
-_pointer = types.voidptr
-_pack_calls = {
-    name: types.ExternalFunction(f"fastrnn_pack_{name}", types.void(_pointer, _i64, _i64, _i64, _pointer, _i64))
-    for name in _DTYPES
-}
-_product_calls = {
-    name: types.ExternalFunction(
-        f"fastrnn_packed_product_{name}",
-        types.void(_pointer, _i64, _pointer, _i64, _pointer, _i64, _i64, _i64, _i64, _pointer, _i64),
-    )
-    for name in _DTYPES
-}
-_pack32, _pack64 = _pack_calls["float32"], _pack_calls["float64"]
-_product32, _product64 = _product_calls["float32"], _product_calls["float64"]
+def _product_types(scalar):
+    array, index = types.CPointer(scalar), types.int64
+    return (array, index, array, index, array) + (index,) * 4 + (array, index)
 
 
-def _call_pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
-    """Dispatch stub: numba picks the routine for ``like``'s dtype at compile time."""
-
-
-@overload(_call_pack, inline="always")
-def _call_pack_impl(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
-    routine = _pack32 if like.dtype == types.float32 else _pack64
-
-    def impl(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, like):
-        routine(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size)
-
-    return impl
-
-
-def _call_product(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
-    """Dispatch stub: numba picks the routine for ``like``'s dtype at compile time."""
-
-
-@overload(_call_product, inline="always")
-def _call_product_impl(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
-    routine = _product32 if like.dtype == types.float32 else _product64
-
-    def impl(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size, like):
-        routine(src, src_ld, packed, packed_size, dst, dst_ld, rows, inner, cols, scratch, scratch_size)
-
-    return impl
+_packs = export("pack", _pack_native, _pack_types)
+_pack32, _pack64 = _packs["float32"], _packs["float64"]
+_products = export("packed_product", _product_native, _product_types)
+_product32, _product64 = _products["float32"], _products["float64"]
 
 
 @jit_helper
@@ -357,22 +293,32 @@ def packed_weight(weight, inner, cols, transposed_source):
     ``transposed_source``, when ``weight`` is (cols, inner) as PyTorch stores W_ih and W_hh."""
     width = PANEL_BYTES // weight.itemsize
     packed = np.empty((cols + width - 1) // width * inner * width, dtype=weight.dtype)
-    _call_pack(weight.ctypes.data, inner, cols, 1 if transposed_source else 0, packed.ctypes.data, packed.size, weight)
+    if weight.itemsize == 4:
+        _pack32(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, packed.size)
+    else:
+        _pack64(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, packed.size)
     return packed
 
 
-@jit_helper
+@jit_inline
 def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch):
     """dst[rows, :cols] += src[rows, :inner] @ B, with B from ``packed_weight``.
 
-    ``scratch`` (``rows * PANEL_BYTES`` bytes) holds the last, partial panel: the tile kernel
-    always writes whole panels, and the columns past ``cols`` belong to others.
+    ``scratch`` (``rows * PANEL_BYTES`` bytes) holds the last, partial panel: the tile
+    kernel always writes whole panels, and the columns past ``cols`` belong to others.
     """
     if rows == 0:
         return
     size = src.itemsize
-    _call_product(
-        src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
-        dst.ctypes.data + dst_offset * size, dst_ld, rows, inner, cols, scratch.ctypes.data, scratch.size, src,
-    )
-
+    src_at = src.ctypes.data + src_offset * size
+    dst_at = dst.ctypes.data + dst_offset * size
+    if size == 4:
+        _product32(
+            src_at, src_ld, packed.ctypes.data, packed.size, dst_at, dst_ld, rows, inner, cols, scratch.ctypes.data,
+            scratch.size,
+        )
+    else:
+        _product64(
+            src_at, src_ld, packed.ctypes.data, packed.size, dst_at, dst_ld, rows, inner, cols, scratch.ctypes.data,
+            scratch.size,
+        )
