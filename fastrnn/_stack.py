@@ -54,10 +54,21 @@ class StackState:
     layers: list[LayerState]
 
 
+def _as_bytes(array: np.ndarray, rows: int = 0) -> np.ndarray:
+    """A C-contiguous array's memory as bytes, flat or in ``rows`` rows, without a copy.
+
+    The layer kernels take every array as bytes plus the float size: they only hand
+    addresses on to the per-dtype kernels, so one compilation serves both dtypes.
+    """
+    if not array.flags.c_contiguous:
+        raise AssertionError("kernel arrays are C-contiguous")  # a copy would lose the kernel's writes
+    return array.reshape(rows, -1).view(np.uint8) if rows else array.reshape(-1).view(np.uint8)
+
+
 def _kernel_array(array: np.ndarray) -> np.ndarray:
-    """Flat, C-contiguous and writable: the one array type the kernels' per-direction pairs hold."""
+    """Flat, C-contiguous and writable bytes: the one array type the kernels' per-direction pairs hold."""
     flat = np.ascontiguousarray(array).ravel()
-    return flat if flat.flags.writeable else flat.copy()
+    return _as_bytes(flat if flat.flags.writeable else flat.copy())
 
 
 def _direction_pairs(spec: StackSpec, layer: int, flat) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -79,16 +90,16 @@ def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[
     """
     pairs = _direction_pairs(spec, layer, lambda name: _kernel_array(params[name]))
     if not spec.bias:
-        zeros = np.zeros(spec.hidden_size, dtype=dtype)
+        zeros = _as_bytes(np.zeros(spec.hidden_size, dtype=dtype))
         pairs += [(zeros, zeros)] * 2
     return pairs
 
 
 def _gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
     """The flat gradients of one layer, paired like ``_layer_parameters``; empty for absent biases."""
-    pairs = _direction_pairs(spec, layer, lambda name: grads[name].reshape(-1))
+    pairs = _direction_pairs(spec, layer, lambda name: _as_bytes(grads[name]))
     if not spec.bias:
-        unused = np.zeros(0, dtype=dtype)
+        unused = _as_bytes(np.zeros(0, dtype=dtype))
         pairs += [(unused, unused)] * 2
     return pairs
 
@@ -131,9 +142,9 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     weights_ih, weights_hh, biases_ih, biases_hh = _layer_parameters(spec, params, layer, layer_input.dtype)
     run_kernel(
         kernels.forward_layer, kernels.forward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-        layer_input.reshape(-1), features, directions, weights_ih, weights_hh, biases_ih, biases_hh,
-        h0.reshape(directions, -1), hidden.reshape(-1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
-        h_n.reshape(directions, -1),
+        layer_input.dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh, biases_ih,
+        biases_hh, _as_bytes(h0, directions), _as_bytes(hidden), steps, batch, spec.hidden_size,
+        spec.cell == "rnn_relu", _as_bytes(h_n, directions),
     )
 
 
@@ -208,10 +219,11 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         grad_input = np.empty((steps, batch, features), dtype=dtype)
         run_kernel(
             kernels.backward_layer, kernels.backward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-            layer_input.reshape(-1), features, directions, weights_ih, weights_hh, saved.h0.reshape(directions, -1),
-            saved.hidden.reshape(-1), grad_hidden.reshape(-1), grad_h_n[rows].reshape(directions, -1),
-            grad_hx[rows].reshape(directions, -1), steps, batch, spec.hidden_size, spec.cell == "rnn_relu",
-            grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, spec.bias, grad_input.reshape(-1),
+            dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh,
+            _as_bytes(saved.h0, directions), _as_bytes(saved.hidden), _as_bytes(grad_hidden),
+            _as_bytes(grad_h_n[rows], directions), _as_bytes(grad_hx[rows], directions), steps, batch,
+            spec.hidden_size, spec.cell == "rnn_relu", grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
+            spec.bias, _as_bytes(grad_input),
         )
         if saved.input_mask is not None:
             grad_input *= saved.input_mask

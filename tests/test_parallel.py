@@ -95,9 +95,11 @@ spec = _stack.StackSpec("rnn_tanh", 3, 4, 1, True, True)
 params = {name: np.full(shape, 0.1) for name, shape in spec.parameter_shapes().items()}
 weights_ih, weights_hh, biases_ih, biases_hh = _stack._layer_parameters(spec, params, 0, np.float64)
 steps, batch = 5, 2
+as_bytes = _stack._as_bytes
 arguments = (
-    np.ones(steps * batch * 3), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh, np.zeros((2, batch * 4)),
-    np.empty(steps * batch * 8), steps, batch, 4, False, np.empty((2, batch * 4)),
+    8, as_bytes(np.ones(steps * batch * 3)), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh,
+    as_bytes(np.zeros((2, batch * 4)), 2), as_bytes(np.empty(steps * batch * 8)), steps, batch, 4, False,
+    as_bytes(np.empty((2, batch * 4)), 2),
 )
 for kernel in sys.argv[1:]:
     if kernel == "parallel":

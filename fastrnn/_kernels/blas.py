@@ -119,3 +119,23 @@ def gemm(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
         c.ctypes.data + c_offset * size,
         max(ldc, 1),
     )
+
+
+@jit_helper
+def gemm_at(float_size, trans_a, trans_b, m, n, k, a_address, lda, b_address, ldb, beta, c_address, ldc):
+    """``gemm`` on raw addresses of ``float_size``-byte floats: for kernels compiled once for both dtypes.
+
+    ``a_address``, ``b_address`` and ``c_address`` point at the first element of each block.
+    """
+    if m == 0 or n == 0:
+        return
+    if float_size == 4:
+        _cblas_sgemm(
+            _ROW_MAJOR, np.int32(trans_a), np.int32(trans_b), m, n, k, np.float32(1.0), a_address, max(lda, 1),
+            b_address, max(ldb, 1), np.float32(beta), c_address, max(ldc, 1),
+        )
+    else:
+        _cblas_dgemm(
+            _ROW_MAJOR, np.int32(trans_a), np.int32(trans_b), m, n, k, 1.0, a_address, max(lda, 1), b_address,
+            max(ldb, 1), np.float64(beta), c_address, max(ldc, 1),
+        )

@@ -17,7 +17,7 @@ from numba.extending import register_jitable
 
 from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
-from .blas import NO_TRANS, TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import export
 from .packed import PANEL_BYTES, packed_product, packed_weight
 
@@ -91,16 +91,19 @@ def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
                 grad_row[c] = grad_row[c] * (one - h * h)
 
 
-@jit
-def project_input(layer_input, feature_size, weight_ih, hidden, first_row, rows, hidden_size, width, offset):
+@jit_inline
+def project_input(
+    float_size, layer_input, feature_size, weight_ih, hidden, first_row, rows, hidden_size, width, offset
+):
     """hidden[r, offset:offset+H] = layer_input[r] @ W_ih^T for rows ``first_row:first_row+rows``.
 
     Rows are (step, batch) pairs in time-major order: one GEMM covers many steps at once.
     The bias is added later, with the activation.
     """
-    gemm(
-        NO_TRANS, TRANS, rows, hidden_size, feature_size, layer_input, first_row * feature_size, feature_size,
-        weight_ih, 0, feature_size, 0.0, hidden, first_row * width + offset, width,
+    gemm_at(
+        float_size, NO_TRANS, TRANS, rows, hidden_size, feature_size,
+        layer_input.ctypes.data + first_row * feature_size * float_size, feature_size, weight_ih.ctypes.data,
+        feature_size, 0.0, hidden.ctypes.data + (first_row * width + offset) * float_size, width,
     )
 
 
@@ -237,11 +240,11 @@ _backpropagate32, _backpropagate64 = _backpropagates["float32"], _backpropagates
 
 @jit_inline
 def recur(
-    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
-    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    float_size, layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps,
+    batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
-    """``_recur``, through its compiled C function for the dtype."""
-    if hidden.itemsize == 4:
+    """``_recur``, through its compiled C function for ``float_size``-byte floats."""
+    if float_size == 4:
         _recur32(
             layer_input.ctypes.data, feature_size, weight_ih.ctypes.data, bias_ih.ctypes.data, bias_hh.ctypes.data,
             project_steps, weight_hh.ctypes.data, h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows,
@@ -257,11 +260,11 @@ def recur(
 
 @jit_inline
 def backpropagate(
-    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    float_size, weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
     reverse, use_relu, grad_h0,
 ):
-    """``_backpropagate``, through its compiled C function for the dtype."""
-    if hidden.itemsize == 4:
+    """``_backpropagate``, through its compiled C function for ``float_size``-byte floats."""
+    if float_size == 4:
         _backpropagate32(
             weight_hh.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps, batch,
             first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
@@ -345,12 +348,12 @@ _parameter_gradients64 = _parameter_gradient_calls["float64"]
 
 @jit_inline
 def parameter_gradients(
-    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
+    float_size, layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
     reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
 ):
-    """``_parameter_gradients``, through its compiled C function for the dtype."""
-    if hidden.itemsize == 4:
+    """``_parameter_gradients``, through its compiled C function for ``float_size``-byte floats."""
+    if float_size == 4:
         _parameter_gradients32(
             layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data,
             steps, batch, hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data,
@@ -366,14 +369,15 @@ def parameter_gradients(
         )
 
 
-@jit
+@jit_inline
 def input_gradient(
-    grad_hidden, width, offset, weight_ih, hidden_size, feature_size, first_row, rows, beta, grad_input
+    float_size, grad_hidden, width, offset, weight_ih, hidden_size, feature_size, first_row, rows, beta, grad_input
 ):
     """grad_input[r] (+)= dz[r, offset:offset+H] @ W_ih for rows ``first_row:first_row+rows``."""
-    gemm(
-        NO_TRANS, NO_TRANS, rows, feature_size, hidden_size, grad_hidden, first_row * width + offset, width,
-        weight_ih, 0, feature_size, beta, grad_input, first_row * feature_size, feature_size,
+    gemm_at(
+        float_size, NO_TRANS, NO_TRANS, rows, feature_size, hidden_size,
+        grad_hidden.ctypes.data + (first_row * width + offset) * float_size, width, weight_ih.ctypes.data,
+        feature_size, beta, grad_input.ctypes.data + first_row * feature_size * float_size, feature_size,
     )
 
 
@@ -385,8 +389,8 @@ def _piece(count, pieces, index):
 
 
 def _forward_layer(
-    layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden, steps, batch,
-    hidden_size, use_relu, h_n, pieces, blas_single_threaded,
+    float_size, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
+    steps, batch, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
 ):
     """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B*H) for one layer of D directions.
 
@@ -408,20 +412,20 @@ def _forward_layer(
         project_steps = blas_single_threaded
         if not project_steps:
             project_input(
-                layer_input, feature_size, weights_ih[direction], hidden, 0, steps * batch, hidden_size, width,
-                direction * hidden_size,
+                float_size, layer_input, feature_size, weights_ih[direction], hidden, 0, steps * batch, hidden_size,
+                width, direction * hidden_size,
             )
         recur(
-            layer_input, feature_size, weights_ih[direction], biases_ih[direction], biases_hh[direction],
+            float_size, layer_input, feature_size, weights_ih[direction], biases_ih[direction], biases_hh[direction],
             project_steps, weights_hh[direction], h0[direction], hidden, steps, batch, first, rows, hidden_size,
             width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
         )
 
 
 def _backward_layer(
-    layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n, grad_h0,
-    steps, batch, hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias,
-    grad_input, pieces, blas_single_threaded,
+    float_size, layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n,
+    grad_h0, steps, batch, hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
+    has_bias, grad_input, pieces, blas_single_threaded,
 ):
     """Backpropagate one layer of D directions: ``grad_hidden`` (T, B, D*H) becomes dLoss/dz.
 
@@ -435,14 +439,14 @@ def _backward_layer(
         direction = task // pieces
         first, rows = _piece(batch, pieces, task % pieces)
         backpropagate(
-            weights_hh[direction], hidden, grad_hidden, grad_h_n[direction], steps, batch, first, rows,
+            float_size, weights_hh[direction], hidden, grad_hidden, grad_h_n[direction], steps, batch, first, rows,
             hidden_size, width, direction * hidden_size, direction == 1, use_relu, grad_h0[direction],
         )
     for task in prange(tasks):
         direction = task // pieces
         first_unit, units = _piece(hidden_size, pieces, task % pieces)
         parameter_gradients(
-            layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
+            float_size, layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
             direction * hidden_size, direction == 1, first_unit, units, grads_weight_ih[direction],
             grads_weight_hh[direction], grads_bias_ih[direction], grads_bias_hh[direction], has_bias,
             blas_single_threaded,
@@ -451,8 +455,8 @@ def _backward_layer(
         first, rows = _piece(steps * batch, tasks, task)
         for source in range(directions):
             input_gradient(
-                grad_hidden, width, source * hidden_size, weights_ih[source], hidden_size, feature_size, first,
-                rows, 0.0 if source == 0 else 1.0, grad_input,
+                float_size, grad_hidden, width, source * hidden_size, weights_ih[source], hidden_size, feature_size,
+                first, rows, 0.0 if source == 0 else 1.0, grad_input,
             )
 
 
