@@ -9,7 +9,7 @@ import fastrnn
 from fastrnn import _stack
 from fastrnn._config import jit
 from fastrnn._kernels import elman
-from fastrnn._kernels.packed import PANEL_BYTES, packed_product, packed_weight
+from fastrnn._kernels.packed import PANEL_BYTES, pack_bytes, packed_product
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
@@ -18,14 +18,14 @@ from .conftest import Config, assert_results_close, make_layers, make_problem, r
 # them for the tests.
 @jit
 def _packed_product(src, src_offset, src_ld, weight, transposed_source, dst, dst_offset, dst_ld, rows, inner, cols):
-    packed = packed_weight(weight, inner, cols, transposed_source)
+    packed = pack_bytes(weight.itemsize, weight, inner, cols, transposed_source).view(weight.dtype)
     scratch = np.full(rows * (PANEL_BYTES // dst.itemsize), np.nan, dtype=dst.dtype)
     packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch)
 
 
 @jit
 def _packed(weight, inner, cols, transposed_source):
-    return packed_weight(weight, inner, cols, transposed_source)
+    return pack_bytes(weight.itemsize, weight, inner, cols, transposed_source).view(weight.dtype)
 
 
 @jit

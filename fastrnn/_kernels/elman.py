@@ -19,7 +19,7 @@ from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import export
-from .packed import PANEL_BYTES, packed_product, packed_weight
+from .packed import PANEL_BYTES, pack_bytes, packed_product
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -109,7 +109,7 @@ def project_input(
 
 @jit_helper
 def _recur(
-    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
+    layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps, batch,
     first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
@@ -118,14 +118,10 @@ def _recur(
     ``h0`` and ``h_n`` are (B, H); without bias ``bias_ih`` and ``bias_hh`` are zeros.
     With ``project_steps`` each step first computes its own input projection (one small
     GEMM per step: a batch piece's rows are not contiguous across steps); otherwise
-    ``hidden`` already holds the projections and ``weight_ih`` is not read.
-
-    The weights are packed here, once per call, for ``packed_product``; a thread that
-    packs its own copy needs nothing from the others.
+    ``hidden`` already holds the projections and ``packed_ih`` is not read.
+    ``packed_ih`` and ``packed_hh`` are W_ih^T and W_hh^T from ``pack_bytes``.
     """
     bias = bias_ih + bias_hh
-    packed_hh = packed_weight(weight_hh, hidden_size, hidden_size, True)
-    packed_ih = packed_weight(weight_ih, feature_size, hidden_size, True) if project_steps else packed_hh
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
     step_stride = batch * width
     base = first_row * width + offset
@@ -160,16 +156,15 @@ def _recur(
 
 @jit_helper
 def _backpropagate(
-    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
     reverse, use_relu, grad_h0,
 ):
     """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds dLoss/dz_t for
     this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0.
-    dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed.
+    dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed, packed by ``pack_bytes``.
     """
-    packed_hh = packed_weight(weight_hh, hidden_size, hidden_size, False)
     scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
     step_stride = batch * width
     base = first_row * width + offset
@@ -198,25 +193,25 @@ def _backpropagate(
 # The recurrences through time hold the step products and the activations: the code
 # that the serial and threaded layer kernels would otherwise each compile again.
 def _recur_native(
-    layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps, batch,
-    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    layer_input, feature_size, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
+    h0, hidden, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     _recur(
-        carray(layer_input, steps * batch * feature_size), feature_size, carray(weight_ih, hidden_size * feature_size),
+        carray(layer_input, steps * batch * feature_size), feature_size, carray(packed_ih, packed_ih_size),
         carray(bias_ih, hidden_size), carray(bias_hh, hidden_size), project_steps != 0,
-        carray(weight_hh, hidden_size * hidden_size), carray(h0, batch * hidden_size),
+        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size),
         carray(hidden, steps * batch * width), steps, batch, first_row, rows, hidden_size, width, offset, reverse != 0,
         use_relu != 0, carray(h_n, batch * hidden_size),
     )
 
 
 def _backpropagate_native(
-    weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
-    reverse, use_relu, grad_h0,
+    packed_hh, packed_hh_size, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width,
+    offset, reverse, use_relu, grad_h0,
 ):
     size = steps * batch * width
     _backpropagate(
-        carray(weight_hh, hidden_size * hidden_size), carray(hidden, size), carray(grad_hidden, size),
+        carray(packed_hh, packed_hh_size), carray(hidden, size), carray(grad_hidden, size),
         carray(grad_h_n, batch * hidden_size), steps, batch, first_row, rows, hidden_size, width, offset,
         reverse != 0, use_relu != 0, carray(grad_h0, batch * hidden_size),
     )
@@ -224,12 +219,12 @@ def _backpropagate_native(
 
 def _recur_types(scalar):
     array, index = types.CPointer(scalar), types.int64
-    return (array, index, array, array, array, index, array, array, array) + (index,) * 9 + (array,)
+    return (array, index, array, index, array, array, index, array, index, array, array) + (index,) * 9 + (array,)
 
 
 def _backpropagate_types(scalar):
     array, index = types.CPointer(scalar), types.int64
-    return (array,) * 4 + (index,) * 9 + (array,)
+    return (array, index) + (array,) * 3 + (index,) * 9 + (array,)
 
 
 _recurs = export("recur", _recur_native, _recur_types)
@@ -240,39 +235,42 @@ _backpropagate32, _backpropagate64 = _backpropagates["float32"], _backpropagates
 
 @jit_inline
 def recur(
-    float_size, layer_input, feature_size, weight_ih, bias_ih, bias_hh, project_steps, weight_hh, h0, hidden, steps,
+    float_size, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps,
     batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
-    """``_recur``, through its compiled C function for ``float_size``-byte floats."""
+    """``_recur``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
+    ih_size = packed_ih.size // float_size
+    hh_size = packed_hh.size // float_size
     if float_size == 4:
         _recur32(
-            layer_input.ctypes.data, feature_size, weight_ih.ctypes.data, bias_ih.ctypes.data, bias_hh.ctypes.data,
-            project_steps, weight_hh.ctypes.data, h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows,
-            hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
+            layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, ih_size, bias_ih.ctypes.data,
+            bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, hh_size, h0.ctypes.data, hidden.ctypes.data,
+            steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
         )
     else:
         _recur64(
-            layer_input.ctypes.data, feature_size, weight_ih.ctypes.data, bias_ih.ctypes.data, bias_hh.ctypes.data,
-            project_steps, weight_hh.ctypes.data, h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows,
-            hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
+            layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, ih_size, bias_ih.ctypes.data,
+            bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, hh_size, h0.ctypes.data, hidden.ctypes.data,
+            steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
         )
 
 
 @jit_inline
 def backpropagate(
-    float_size, weight_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    float_size, packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
     reverse, use_relu, grad_h0,
 ):
-    """``_backpropagate``, through its compiled C function for ``float_size``-byte floats."""
+    """``_backpropagate``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
+    hh_size = packed_hh.size // float_size
     if float_size == 4:
         _backpropagate32(
-            weight_hh.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps, batch,
-            first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
+            packed_hh.ctypes.data, hh_size, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps,
+            batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
         )
     else:
         _backpropagate64(
-            weight_hh.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps, batch,
-            first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
+            packed_hh.ctypes.data, hh_size, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps,
+            batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
         )
 
 
@@ -401,24 +399,39 @@ def _forward_layer(
     ``prange`` is ``range`` (pieces=1), and with the pieces on numba's threads.
     """
     width = directions * hidden_size
+    # On one thread, one GEMM per direction projects every step (BLAS may use its own
+    # threads for it); on numba's threads each piece projects step by step (see below).
+    project_steps = blas_single_threaded
+    # Packed once per direction, here, and shared by its pieces: at (B, H) = (64, 1024) in
+    # float64 a packed copy per piece (12 MB each) made the threaded steps 1.5x slower.
+    packed_hh_first = pack_bytes(float_size, weights_hh[0], hidden_size, hidden_size, True)
+    packed_hh_second = (
+        pack_bytes(float_size, weights_hh[1], hidden_size, hidden_size, True) if directions == 2 else packed_hh_first
+    )
+    packed_ih_first = packed_hh_first
+    packed_ih_second = packed_hh_first
+    if project_steps:
+        packed_ih_first = pack_bytes(float_size, weights_ih[0], feature_size, hidden_size, True)
+        packed_ih_second = (
+            pack_bytes(float_size, weights_ih[1], feature_size, hidden_size, True) if directions == 2
+            else packed_ih_first
+        )
     for task in prange(directions * pieces):
         direction = task // pieces
         first, rows = _piece(batch, pieces, task % pieces)
-        # On one thread, one GEMM per direction projects every step (BLAS may use its own
-        # threads for it). On numba's threads each piece projects step by step instead,
-        # which also suits batch pieces, whose rows are not contiguous across steps: for a
-        # bidirectional layer (T=100, B=16, H=128) that took 0.50 ms where whole-sequence
-        # GEMMs on both threads at once took 0.48-0.72 ms, depending on the run.
-        project_steps = blas_single_threaded
+        # Projecting step by step on numba's threads suits batch pieces, whose rows are not
+        # contiguous across steps: for a bidirectional layer (T=100, B=16, H=128) that took
+        # 0.50 ms where whole-sequence GEMMs on both threads at once took 0.48-0.72 ms.
         if not project_steps:
             project_input(
                 float_size, layer_input, feature_size, weights_ih[direction], hidden, 0, steps * batch, hidden_size,
                 width, direction * hidden_size,
             )
         recur(
-            float_size, layer_input, feature_size, weights_ih[direction], biases_ih[direction], biases_hh[direction],
-            project_steps, weights_hh[direction], h0[direction], hidden, steps, batch, first, rows, hidden_size,
-            width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
+            float_size, layer_input, feature_size, packed_ih_first if direction == 0 else packed_ih_second,
+            biases_ih[direction], biases_hh[direction], project_steps,
+            packed_hh_first if direction == 0 else packed_hh_second, h0[direction], hidden, steps, batch, first, rows,
+            hidden_size, width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
         )
 
 
@@ -435,12 +448,17 @@ def _backward_layer(
     """
     width = directions * hidden_size
     tasks = directions * pieces
+    packed_hh_first = pack_bytes(float_size, weights_hh[0], hidden_size, hidden_size, False)
+    packed_hh_second = (
+        pack_bytes(float_size, weights_hh[1], hidden_size, hidden_size, False) if directions == 2 else packed_hh_first
+    )
     for task in prange(tasks):
         direction = task // pieces
         first, rows = _piece(batch, pieces, task % pieces)
         backpropagate(
-            float_size, weights_hh[direction], hidden, grad_hidden, grad_h_n[direction], steps, batch, first, rows,
-            hidden_size, width, direction * hidden_size, direction == 1, use_relu, grad_h0[direction],
+            float_size, packed_hh_first if direction == 0 else packed_hh_second, hidden, grad_hidden,
+            grad_h_n[direction], steps, batch, first, rows, hidden_size, width, direction * hidden_size,
+            direction == 1, use_relu, grad_h0[direction],
         )
     for task in prange(tasks):
         direction = task // pieces

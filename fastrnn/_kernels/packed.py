@@ -287,16 +287,18 @@ _products = export("packed_product", _product_native, _product_types)
 _product32, _product64 = _products["float32"], _products["float64"]
 
 
-@jit_helper
-def packed_weight(weight, inner, cols, transposed_source):
-    """B (inner x cols) in panels; B is ``weight`` (inner, cols), or its transpose if
-    ``transposed_source``, when ``weight`` is (cols, inner) as PyTorch stores W_ih and W_hh."""
-    width = PANEL_BYTES // weight.itemsize
-    packed = np.empty((cols + width - 1) // width * inner * width, dtype=weight.dtype)
-    if weight.itemsize == 4:
-        _pack32(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, packed.size)
+@jit_inline
+def pack_bytes(float_size, weight, inner, cols, transposed_source):
+    """B (inner x cols) in panels, as bytes of ``float_size``-byte floats; B is ``weight``
+    (inner, cols), or its transpose if ``transposed_source``, when ``weight`` is
+    (cols, inner) as PyTorch stores W_ih and W_hh. ``weight`` may be bytes as well."""
+    width = PANEL_BYTES // float_size
+    count = (cols + width - 1) // width * inner * width
+    packed = np.empty(count * float_size, dtype=np.uint8)
+    if float_size == 4:
+        _pack32(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
     else:
-        _pack64(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, packed.size)
+        _pack64(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
     return packed
 
 
