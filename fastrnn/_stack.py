@@ -54,21 +54,24 @@ class StackState:
     layers: list[LayerState]
 
 
-def _as_bytes(array: np.ndarray, rows: int = 0) -> np.ndarray:
-    """A C-contiguous array's memory as bytes, flat or in ``rows`` rows, without a copy.
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array's memory as bytes (its last axis in bytes), without a copy.
 
     The layer kernels take every array as bytes plus the float size: they only hand
     addresses on to the per-dtype kernels, so one compilation serves both dtypes.
     """
     if not array.flags.c_contiguous:
-        raise AssertionError("kernel arrays are C-contiguous")  # a copy would lose the kernel's writes
-    return array.reshape(rows, -1).view(np.uint8) if rows else array.reshape(-1).view(np.uint8)
+        raise AssertionError("kernel arrays are C-contiguous")  # the kernels read them by address
+    return array.view(np.uint8)
 
 
 def _kernel_array(array: np.ndarray) -> np.ndarray:
-    """Flat, C-contiguous and writable bytes: the one array type the kernels' per-direction pairs hold."""
-    flat = np.ascontiguousarray(array).ravel()
-    return _as_bytes(flat if flat.flags.writeable else flat.copy())
+    """C-contiguous, writable bytes: the one array type the kernels' per-direction pairs hold.
+
+    (numba types a read-only array apart, and would compile the kernels again for it.)
+    """
+    array = np.ascontiguousarray(array)
+    return _as_bytes(array if array.flags.writeable else array.copy())
 
 
 def _direction_pairs(spec: StackSpec, layer: int, flat) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -143,8 +146,8 @@ def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
     run_kernel(
         kernels.forward_layer, kernels.forward_layer_parallel, _pieces_per_direction(spec, steps, batch),
         layer_input.dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh, biases_ih,
-        biases_hh, _as_bytes(h0, directions), _as_bytes(hidden), steps, batch, spec.hidden_size,
-        spec.cell == "rnn_relu", _as_bytes(h_n, directions),
+        biases_hh, _as_bytes(h0), _as_bytes(hidden), steps, batch, spec.hidden_size,
+        spec.cell == "rnn_relu", _as_bytes(h_n),
     )
 
 
@@ -220,8 +223,8 @@ def backward(state: StackState, grad_output, grad_h_n, grads):
         run_kernel(
             kernels.backward_layer, kernels.backward_layer_parallel, _pieces_per_direction(spec, steps, batch),
             dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh,
-            _as_bytes(saved.h0, directions), _as_bytes(saved.hidden), _as_bytes(grad_hidden),
-            _as_bytes(grad_h_n[rows], directions), _as_bytes(grad_hx[rows], directions), steps, batch,
+            _as_bytes(saved.h0), _as_bytes(saved.hidden), _as_bytes(grad_hidden),
+            _as_bytes(grad_h_n[rows]), _as_bytes(grad_hx[rows]), steps, batch,
             spec.hidden_size, spec.cell == "rnn_relu", grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
             spec.bias, _as_bytes(grad_input),
         )

@@ -97,9 +97,9 @@ weights_ih, weights_hh, biases_ih, biases_hh = _stack._layer_parameters(spec, pa
 steps, batch = 5, 2
 as_bytes = _stack._as_bytes
 arguments = (
-    8, as_bytes(np.ones(steps * batch * 3)), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh,
-    as_bytes(np.zeros((2, batch * 4)), 2), as_bytes(np.empty(steps * batch * 8)), steps, batch, 4, False,
-    as_bytes(np.empty((2, batch * 4)), 2),
+    8, as_bytes(np.ones((steps, batch, 3))), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh,
+    as_bytes(np.zeros((2, batch, 4))), as_bytes(np.empty((steps, batch, 8))), steps, batch, 4, False,
+    as_bytes(np.empty((2, batch, 4))),
 )
 for kernel in sys.argv[1:]:
     if kernel == "parallel":
