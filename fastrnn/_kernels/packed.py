@@ -36,10 +36,6 @@ TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
 # Steps of the inner dimension per pass over the panels: one panel's slice of B
 # (256 x 128 bytes) stays in L1 while every row tile of a step uses it.
 INNER_CHUNK = 256
-# Packing a transposed source: gathering each panel row took 1.2 us for 64x64 (float32)
-# where copying in blocks of 16 took 1.6 us, but 1.04 ms against 0.39 ms for 1024x1024,
-# whose 4 KiB row stride sends a gather's source lines to the same few cache sets.
-GATHER_MAX_INNER = 256
 
 
 def _tile_kernel(tile_rows: int, chains: int):
@@ -203,9 +199,11 @@ def _pack(weight, inner, cols, transposed_source, packed):
             padding = panel[k * width + used : (k + 1) * width]
             for j in range(width - used):
                 padding[j] = zero
-        if transposed_source and inner > GATHER_MAX_INNER:
+        if transposed_source:
             # Source rows are read contiguously, 16 values at a time, so the block of the
-            # panel being written (16 x width values) stays in L1.
+            # panel being written (16 x width values) stays in L1. (Gathering whole panel
+            # rows instead ran 2.7x slower at 1024x1024, whose 4 KiB row stride sends the
+            # source lines to the same few cache sets.)
             for k0 in range(0, inner, 16):
                 count = min(16, inner - k0)
                 for j in range(used):
@@ -213,14 +211,6 @@ def _pack(weight, inner, cols, transposed_source, packed):
                     column = panel[k0 * width + j : (k0 + count) * width : width]
                     for k in range(count):
                         column[k] = source[k]
-        elif transposed_source:
-            # Each panel row gathers one value from each of ``used`` source rows, whose
-            # lines stay in L1 from one panel row to the next while the rows are short.
-            for k in range(inner):
-                source = weight[first * inner + k : (first + used - 1) * inner + k + 1 : inner]
-                row = panel[k * width : k * width + used]
-                for j in range(used):
-                    row[j] = source[j]
         else:
             for k in range(inner):
                 source = weight[k * cols + first : k * cols + first + used]
