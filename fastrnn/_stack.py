@@ -70,8 +70,10 @@ def _kernel_array(array: np.ndarray) -> np.ndarray:
 
     (numba types a read-only array apart, and would compile the kernels again for it.)
     """
-    array = np.ascontiguousarray(array)
-    return _as_bytes(array if array.flags.writeable else array.copy())
+    flags = array.flags
+    if not (flags.c_contiguous and flags.writeable):
+        array = np.array(array, order="C", copy=True)
+    return array.view(np.uint8)
 
 
 def _direction_pairs(spec: StackSpec, layer: int, flat) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -187,36 +187,35 @@ def _tile_rows(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, r
 
 @jit_helper
 def _pack(weight, inner, cols, transposed_source, packed):
-    # Copies go through views indexed from zero: with computed offsets into the flat
-    # arrays (numba then keeps its negative-index checks) they ran 2-6x slower.
+    # Indices are unsigned so that numba drops its negative-index checks: 1.2 us against
+    # 1.5 us for 64x64 with indexed views, 0.34 ms against 0.43 ms for 1024x1024.
     width = PANEL_BYTES // weight.itemsize
     zero = weight.dtype.type(0.0)
     for p in range((cols + width - 1) // width):
         first = p * width
         used = min(width, cols - first)
-        panel = packed[p * inner * width : (p + 1) * inner * width]
+        base = p * inner * width
         for k in range(inner):
-            padding = panel[k * width + used : (k + 1) * width]
-            for j in range(width - used):
-                padding[j] = zero
+            for j in range(used, width):
+                packed[np.uint64(base + k * width + j)] = zero
         if transposed_source:
             # Source rows are read contiguously, 16 values at a time, so the block of the
             # panel being written (16 x width values) stays in L1. (Gathering whole panel
-            # rows instead ran 2.7x slower at 1024x1024, whose 4 KiB row stride sends the
+            # rows instead ran 1.9x slower at 1024x1024, whose 4 KiB row stride sends the
             # source lines to the same few cache sets.)
             for k0 in range(0, inner, 16):
                 count = min(16, inner - k0)
                 for j in range(used):
-                    source = weight[(first + j) * inner + k0 : (first + j) * inner + k0 + count]
-                    column = panel[k0 * width + j : (k0 + count) * width : width]
+                    source = (first + j) * inner + k0
+                    target = base + k0 * width + j
                     for k in range(count):
-                        column[k] = source[k]
+                        packed[np.uint64(target + k * width)] = weight[np.uint64(source + k)]
         else:
             for k in range(inner):
-                source = weight[k * cols + first : k * cols + first + used]
-                row = panel[k * width : k * width + used]
+                source = k * cols + first
+                target = base + k * width
                 for j in range(used):
-                    row[j] = source[j]
+                    packed[np.uint64(target + j)] = weight[np.uint64(source + j)]
 
 
 @jit_helper
