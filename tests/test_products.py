@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -159,3 +163,48 @@ def test_layer_with_large_steps_matches_reference(bidirectional):
     fast, slow = make_layers(config, np.float64)
     problem = make_problem(config, np.float64, steps=3, batch=8)
     assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
+
+
+# On a CPU without AVX-512 the tiles are 4 rows of two 32-byte vectors. numba compiles for
+# the CPU that NUMBA_CPU_NAME names, so a fresh interpreter told to target Haswell runs
+# that code here, against the reference engine.
+NARROW_VECTOR_SCRIPT = """
+import numpy as np
+import fastrnn
+from fastrnn import reference
+from fastrnn._kernels import packed
+
+assert (packed.VECTOR_BYTES, packed.TILE_ROWS) == (32, 4), (packed.VECTOR_BYTES, packed.TILE_ROWS)
+worst = 0.0
+for dtype in (np.float32, np.float64):
+    for steps, batch, inputs, hidden, layers, bidirectional in ((5, 7, 9, 20, 2, True), (4, 21, 40, 70, 1, False)):
+        fast = fastrnn.RNN(inputs, hidden, layers, bidirectional=bidirectional, dtype=dtype, seed=1)
+        slow = reference.RNN(inputs, hidden, layers, bidirectional=bidirectional, dtype=dtype, seed=1)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
+        grad = rng.standard_normal((steps, batch, (2 if bidirectional else 1) * hidden)).astype(dtype)
+        results = []
+        for layer in (fast, slow):
+            output, h_n = layer(x)
+            grad_x, grad_hx = layer.backward(grad)
+            results.append([output, h_n, grad_x, grad_hx] + [layer.grads[name] for name in sorted(layer.grads)])
+        for mine, expected in zip(*results, strict=True):
+            error = np.max(np.abs(mine - expected) / (1.0 + np.abs(expected)))
+            worst = max(worst, float(error) / (1e-4 if dtype == np.float32 else 1e-10))
+print(worst)
+"""
+
+
+def test_kernels_compiled_for_a_cpu_without_avx512_match_reference(tmp_path):
+    features = "+64bit,+cmov,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2"
+    environment = {
+        **os.environ,
+        "NUMBA_CPU_NAME": "haswell",
+        "NUMBA_CPU_FEATURES": features,
+        "NUMBA_CACHE_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", NARROW_VECTOR_SCRIPT], env=environment, capture_output=True, text=True, check=True
+    )
+    # The worst error, in units of the parameter-gradient rtol of the parity tests (1e-4 float32, 1e-10 float64).
+    assert float(result.stdout.split()[-1]) < 1.0, result.stdout

@@ -17,15 +17,26 @@ import llvmlite.binding as llvm_binding
 import llvmlite.ir as ir
 import numpy as np
 from numba import carray, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from .._config import jit_helper, jit_inline
 from .native import export
 
-# One vector register's width: AVX-512 where the CPU has it. LLVM splits wider vectors
-# than the target has into several registers, so the code stays correct everywhere.
-VECTOR_BYTES = 64 if llvm_binding.get_host_cpu_features().get("avx512f", False) else 32
+
+def _vector_bytes() -> int:
+    """One vector register's width on the CPU numba compiles for: 64 with AVX-512, else 32.
+
+    numba compiles for this machine unless NUMBA_CPU_NAME names another CPU, whose
+    features are then those in NUMBA_CPU_FEATURES. LLVM splits vectors wider than the
+    target's into several registers, so the kernels stay correct on any CPU.
+    """
+    if config.CPU_NAME:
+        return 64 if "+avx512f" in (config.CPU_FEATURES or "") else 32
+    return 64 if llvm_binding.get_host_cpu_features().get("avx512f", False) else 32
+
+
+VECTOR_BYTES = _vector_bytes()
 # Accumulators: TILE_ROWS x PANEL_VECTORS vectors. 8x2 on AVX-512 (16 of its 32
 # registers) ran the (64, 1024, 1024) step product at 230-255 GFLOP/s on one core,
 # as fast as 4x4 and faster than 4x2 or 8x1; with 16 registers (AVX2) 4x2 leaves room
