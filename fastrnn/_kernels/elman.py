@@ -2,6 +2,11 @@
 all its directions, over the whole sequence; the functions they call each handle one
 direction, or a batch piece of one.
 
+The layer kernels take every array as bytes, with the float size, and only hand
+addresses on: to OpenBLAS, and to the per-direction kernels (``recur``,
+``backpropagate``, ``parameter_gradients``), which are compiled once per dtype as C
+functions (see ``native``). So both dtypes share one build of each layer kernel.
+
 Layout shared by every kernel (all arrays C-contiguous, passed flat):
 - ``layer_input``: (T*B, F) rows in time-major order.
 - ``hidden``: (T, B, D*H); this direction owns columns ``offset : offset + H``.

@@ -8,6 +8,8 @@ kernel over them. Its inner loop is written directly as LLVM vector code (the sc
 loop numba would emit for it did not vectorise: ~20 GFLOP/s), so it keeps
 ``TILE_ROWS x PANEL_VECTORS`` accumulator vectors in registers.
 
+Packing and the product are compiled once per dtype as C functions (see ``native``).
+
 Packed layout: panel ``p`` holds columns ``p*w : (p+1)*w`` of the right-hand matrix B
 (``inner`` x ``cols``), ``w = PANEL_BYTES // itemsize``, as ``inner`` contiguous rows of
 ``w`` values; columns past ``cols`` are zeros.
@@ -37,10 +39,10 @@ def _vector_bytes() -> int:
 
 
 VECTOR_BYTES = _vector_bytes()
-# Accumulators: TILE_ROWS x PANEL_VECTORS vectors. 8x2 on AVX-512 (16 of its 32
-# registers) ran the (64, 1024, 1024) step product at 230-255 GFLOP/s on one core,
-# as fast as 4x4 and faster than 4x2 or 8x1; with 16 registers (AVX2) 4x2 leaves room
-# for the operands.
+# Accumulators: TILE_ROWS x PANEL_VECTORS vectors. On AVX-512 (32 registers), 8x2 and
+# 4x4 ran a (T, B, H) = (50, 64, 1024) recurrence on two threads in 14.0-14.5 ms, 4x2 in
+# 16.8-17.1 ms; 8x2 keeps panels 32 floats wide, so less padding when H is not a
+# multiple of 64. With 16 registers (AVX2), 4x2 leaves room for the operands.
 PANEL_VECTORS = 2
 PANEL_BYTES = PANEL_VECTORS * VECTOR_BYTES
 TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
@@ -231,6 +233,7 @@ def _pack(weight, inner, cols, transposed_source, packed):
 
 @jit_helper
 def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
+    """dst[rows, :cols] += src[rows, :inner] @ B, panel by panel, the inner dimension in chunks."""
     width = PANEL_BYTES // src.itemsize
     full_panels = cols // width
     edge_cols = cols - full_panels * width
