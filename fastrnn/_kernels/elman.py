@@ -232,10 +232,8 @@ def _backpropagate_types(scalar):
     return (array, index) + (array,) * 3 + (index,) * 9 + (array,)
 
 
-_recurs = export("recur", _recur_native, _recur_types)
-_recur32, _recur64 = _recurs["float32"], _recurs["float64"]
-_backpropagates = export("backpropagate", _backpropagate_native, _backpropagate_types)
-_backpropagate32, _backpropagate64 = _backpropagates["float32"], _backpropagates["float64"]
+_recur_compiled = export("recur", _recur_native, _recur_types)
+_backpropagate_compiled = export("backpropagate", _backpropagate_native, _backpropagate_types)
 
 
 @jit_inline
@@ -244,20 +242,12 @@ def recur(
     batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """``_recur``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
-    ih_size = packed_ih.size // float_size
-    hh_size = packed_hh.size // float_size
-    if float_size == 4:
-        _recur32(
-            layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, ih_size, bias_ih.ctypes.data,
-            bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, hh_size, h0.ctypes.data, hidden.ctypes.data,
-            steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
-        )
-    else:
-        _recur64(
-            layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, ih_size, bias_ih.ctypes.data,
-            bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, hh_size, h0.ctypes.data, hidden.ctypes.data,
-            steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
-        )
+    _recur_compiled(
+        float_size, layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, packed_ih.size // float_size,
+        bias_ih.ctypes.data, bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, packed_hh.size // float_size,
+        h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse,
+        use_relu, h_n.ctypes.data,
+    )
 
 
 @jit_inline
@@ -266,17 +256,11 @@ def backpropagate(
     reverse, use_relu, grad_h0,
 ):
     """``_backpropagate``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
-    hh_size = packed_hh.size // float_size
-    if float_size == 4:
-        _backpropagate32(
-            packed_hh.ctypes.data, hh_size, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps,
-            batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
-        )
-    else:
-        _backpropagate64(
-            packed_hh.ctypes.data, hh_size, hidden.ctypes.data, grad_hidden.ctypes.data, grad_h_n.ctypes.data, steps,
-            batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
-        )
+    _backpropagate_compiled(
+        float_size, packed_hh.ctypes.data, packed_hh.size // float_size, hidden.ctypes.data, grad_hidden.ctypes.data,
+        grad_h_n.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu,
+        grad_h0.ctypes.data,
+    )
 
 
 @jit_helper
@@ -344,9 +328,7 @@ def _parameter_gradients_types(scalar):
     return (array, index) + (array,) * 3 + (index,) * 8 + (array,) * 4 + (index,) * 2
 
 
-_parameter_gradient_calls = export("parameter_gradients", _parameter_gradients_native, _parameter_gradients_types)
-_parameter_gradients32 = _parameter_gradient_calls["float32"]
-_parameter_gradients64 = _parameter_gradient_calls["float64"]
+_parameter_gradients_compiled = export("parameter_gradients", _parameter_gradients_native, _parameter_gradients_types)
 
 
 @jit_inline
@@ -356,20 +338,12 @@ def parameter_gradients(
     blas_single_threaded,
 ):
     """``_parameter_gradients``, through its compiled C function for ``float_size``-byte floats."""
-    if float_size == 4:
-        _parameter_gradients32(
-            layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data,
-            steps, batch, hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data,
-            grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias,
-            blas_single_threaded,
-        )
-    else:
-        _parameter_gradients64(
-            layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data, grad_hidden.ctypes.data,
-            steps, batch, hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data,
-            grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias,
-            blas_single_threaded,
-        )
+    _parameter_gradients_compiled(
+        float_size, layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data,
+        grad_hidden.ctypes.data, steps, batch, hidden_size, width, offset, reverse, first_unit, units,
+        grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data,
+        has_bias, blas_single_threaded,
+    )
 
 
 @jit_inline

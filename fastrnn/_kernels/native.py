@@ -15,18 +15,20 @@ from collections.abc import Callable
 
 import llvmlite.binding as llvm_binding
 from numba import cfunc, types
+from numba.extending import overload
 
 FLOAT_TYPES = {"float32": types.float32, "float64": types.float64}
 
 _compiled = []  # the compiled functions stay alive: their symbols hold their addresses
 
 
-def export(name: str, function: Callable, argument_types: Callable) -> dict:
+def export(name: str, function: Callable, argument_types: Callable) -> Callable:
     """Compile ``function`` for each float dtype and register it as ``fastrnn_<name>_<dtype>``.
 
     ``argument_types(scalar)`` gives the C argument types for that dtype, with
-    ``types.CPointer(scalar)`` for arrays. Returns, per dtype name, the external function
-    that kernels call, which takes the arrays as ``voidptr``.
+    ``types.CPointer(scalar)`` for arrays. Returns what kernels call instead:
+    ``call(float_size, *arguments)``, arrays given as addresses (``array.ctypes.data``),
+    which runs the build for ``float_size``-byte floats.
     """
     externals = {}
     for dtype_name, scalar in FLOAT_TYPES.items():
@@ -37,4 +39,19 @@ def export(name: str, function: Callable, argument_types: Callable) -> dict:
         _compiled.append(compiled)
         as_called = [types.voidptr if isinstance(argument, types.CPointer) else argument for argument in arguments]
         externals[dtype_name] = types.ExternalFunction(symbol, types.void(*as_called))
-    return externals
+    single, double = externals["float32"], externals["float64"]
+
+    def call(float_size, *arguments):
+        """Stands for the compiled implementation below inside kernels."""
+
+    @overload(call)
+    def _call(float_size, *arguments):
+        def implementation(float_size, *arguments):
+            if float_size == 4:
+                single(*arguments)
+            else:
+                double(*arguments)
+
+        return implementation
+
+    return call

@@ -284,10 +284,8 @@ def _product_types(scalar):
     return (array, index, array, index, array) + (index,) * 4 + (array, index)
 
 
-_packs = export("pack", _pack_native, _pack_types)
-_pack32, _pack64 = _packs["float32"], _packs["float64"]
-_products = export("packed_product", _product_native, _product_types)
-_product32, _product64 = _products["float32"], _products["float64"]
+_pack_compiled = export("pack", _pack_native, _pack_types)
+_product_compiled = export("packed_product", _product_native, _product_types)
 
 
 @jit_inline
@@ -298,10 +296,7 @@ def pack_bytes(float_size, weight, inner, cols, transposed_source):
     width = PANEL_BYTES // float_size
     count = (cols + width - 1) // width * inner * width
     packed = np.empty(count * float_size, dtype=np.uint8)
-    if float_size == 4:
-        _pack32(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
-    else:
-        _pack64(weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
+    _pack_compiled(float_size, weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
     return packed
 
 
@@ -315,15 +310,7 @@ def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, row
     if rows == 0:
         return
     size = src.itemsize
-    src_at = src.ctypes.data + src_offset * size
-    dst_at = dst.ctypes.data + dst_offset * size
-    if size == 4:
-        _product32(
-            src_at, src_ld, packed.ctypes.data, packed.size, dst_at, dst_ld, rows, inner, cols, scratch.ctypes.data,
-            scratch.size,
-        )
-    else:
-        _product64(
-            src_at, src_ld, packed.ctypes.data, packed.size, dst_at, dst_ld, rows, inner, cols, scratch.ctypes.data,
-            scratch.size,
-        )
+    _product_compiled(
+        size, src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
+        dst.ctypes.data + dst_offset * size, dst_ld, rows, inner, cols, scratch.ctypes.data, scratch.size,
+    )
