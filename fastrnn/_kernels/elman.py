@@ -7,7 +7,7 @@ addresses on: to OpenBLAS, and to the per-direction kernels (``recur``,
 ``backpropagate``, ``parameter_gradients``), which are compiled once per dtype as C
 functions (see ``native``). So both dtypes share one build of each layer kernel.
 
-Layout shared by every kernel (all arrays C-contiguous, passed flat):
+Layout shared by every kernel (all arrays C-contiguous; the per-direction kernels see them flat):
 - ``layer_input``: (T*B, F) rows in time-major order.
 - ``hidden``: (T, B, D*H); this direction owns columns ``offset : offset + H``.
   Forward writes the input projection there, then overwrites it in place with h_t, so

@@ -302,7 +302,7 @@ def pack_bytes(float_size, weight, inner, cols, transposed_source):
 
 @jit_inline
 def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch):
-    """dst[rows, :cols] += src[rows, :inner] @ B, with B from ``packed_weight``.
+    """dst[rows, :cols] += src[rows, :inner] @ B, with B from ``pack_bytes`` (viewed as floats).
 
     ``scratch`` (``rows * PANEL_BYTES`` bytes) holds the last, partial panel: the tile
     kernel always writes whole panels, and the columns past ``cols`` belong to others.
