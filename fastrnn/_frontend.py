@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._spec import StackSpec
-from ._validation import as_array
+from ._validation import as_array, check_gradient_buffers
 
 
 class Engine(Protocol):
@@ -159,6 +159,8 @@ def run_backward(saved: Saved | None, grad_output: Any, grad_h_n: Any, grads: di
         grad_state = np.ascontiguousarray(grad_state)
     if grads is None:
         grads = {name: np.zeros(shape, dtype=saved.dtype) for name, shape in spec.parameter_shapes().items()}
+    else:
+        check_gradient_buffers(spec, grads, saved.dtype)
     grad_x, grad_hx = saved.engine.backward(saved.state, grad_time_major, grad_state, grads)
     if not layout.batched:
         return grad_x[:, 0, :], grad_hx[:, 0, :], grads

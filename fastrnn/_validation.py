@@ -130,3 +130,27 @@ def check_state_dict(spec: StackSpec, params: Mapping[str, Any], dtype: np.dtype
         elif not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise TypeError(f"parameter {name!r} must hold real numbers, got dtype {array.dtype}")
     return arrays
+
+
+def check_gradient_buffers(spec: StackSpec, grads: Any, dtype: np.dtype) -> None:
+    """The arrays backward accumulates parameter gradients into, such as a layer's ``grads``.
+
+    The kernels write into them in place, by address, so anything else is refused here.
+    """
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays keyed by parameter name, got {type(grads).__name__}")
+    for name, shape in spec.parameter_shapes().items():
+        if name not in grads:
+            raise ValueError(f"grads must hold an array for every parameter; {name!r} is missing")
+        array = grads[name]
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"grads[{name!r}] must be a numpy array, got {type(array).__name__}")
+        if array.shape != shape or array.dtype != dtype:
+            raise ValueError(
+                f"grads[{name!r}] must be a {dtype} array of shape {shape}, got {array.dtype} of shape {array.shape}"
+            )
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise ValueError(
+                f"grads[{name!r}] must be C-contiguous and writable, to accumulate into it in place; "
+                f"got an array with c_contiguous={array.flags.c_contiguous}, writeable={array.flags.writeable}"
+            )

@@ -437,3 +437,33 @@ def test_python_lists_are_accepted(layer):
     output, _ = double(x.astype(np.float64).tolist())
     expected, _ = double(x.astype(np.float64))
     np.testing.assert_array_equal(output, expected)
+
+
+@LAYER_CLASSES
+@pytest.mark.parametrize(
+    ("replacement", "error", "message"),
+    [
+        (np.zeros(1, np.float32), ValueError, r"grads\['weight_hh_l0'\] must be a float32 array of shape \(6, 6\)"),
+        (np.zeros((6, 6), np.float64), ValueError, r"must be a float32 array of shape \(6, 6\), got float64"),
+        (np.zeros((6, 6), np.float32).T, ValueError, "must be C-contiguous and writable"),
+        ([[0.0] * 6] * 6, TypeError, r"grads\['weight_hh_l0'\] must be a numpy array, got list"),
+        (None, ValueError, r"'weight_hh_l0' is missing"),
+    ],
+    ids=["wrong-shape", "wrong-dtype", "transposed-view", "list", "missing"],
+)
+def test_unusable_gradient_buffers_are_refused_before_backward_runs(layer_class, replacement, error, message):
+    # Backward accumulates into layer.grads in place: a buffer it cannot write by address
+    # must be refused, not written past its end or into a copy.
+    layer = layer_class(4, 6, num_layers=2, seed=0)
+    output, _ = layer(float32_input(3, 2, 4))
+    if replacement is None:
+        del layer.grads["weight_hh_l0"]
+    else:
+        layer.grads["weight_hh_l0"] = replacement
+    untouched = {name: np.array(value, copy=True) for name, value in layer.grads.items()}
+
+    with pytest.raises(error, match=message):
+        layer.backward(np.ones(output.shape, np.float32))
+
+    for name, value in untouched.items():
+        np.testing.assert_array_equal(layer.grads[name], value)
