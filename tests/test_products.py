@@ -40,6 +40,8 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
 SHAPES = [
     (1, 1, 1),
     (1, 32, 64),  # one row: the tile kernel with several accumulator chains
+    (3, 40, 100),  # under 4 rows: panels in pairs, then a single one and an edge
+    (2, 300, 64),  # two rows over a pair of panels, the inner dimension in two chunks
     (3, 17, 33),  # rows in tiles of 2 and 1; one full panel and a one-column edge
     (13, 300, 65),  # rows in tiles of 8, 4 and 1; inner dimension in two chunks
     (16, 128, 128),

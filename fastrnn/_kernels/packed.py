@@ -51,19 +51,22 @@ TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
 INNER_CHUNK = 256
 
 
-def _tile_kernel(tile_rows: int, chains: int):
-    """An intrinsic: c[tile_rows, w] += a[tile_rows, :count] @ panel[:count, w].
+def _tile_kernel(tile_rows: int, chains: int, panels: int = 1):
+    """An intrinsic: c[tile_rows, panels*w] += a[tile_rows, :count] @ (``panels`` panels)[:count].
 
-    Arguments (c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count): flat
-    arrays of one dtype, with element offsets and row strides. No bounds are checked.
-    With ``chains`` > 1 the steps of the inner dimension go round-robin to that many
-    sets of accumulators, summed at the end: a tile of one or two rows has too few
-    accumulators to hide the latency of a multiply-add otherwise.
+    Arguments (c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count,
+    panel_stride): flat arrays of one dtype, with element offsets and row strides; the
+    panels follow each other ``panel_stride`` elements apart, and their columns follow
+    each other in ``c``. No bounds are checked. With ``chains`` > 1 the steps of the inner
+    dimension go round-robin to that many sets of accumulators, summed at the end: a tile
+    of one or two rows has too few accumulators to hide the latency of a multiply-add
+    otherwise.
     """
+    row_vectors = panels * PANEL_VECTORS
 
     @intrinsic
-    def tile(typingctx, c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count):
-        signature = types.void(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count)
+    def tile(typingctx, c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, panel_stride):
+        signature = types.void(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, panel_stride)
 
         def codegen(context, builder, signature, args):
             arg_types = signature.args
@@ -95,6 +98,7 @@ def _tile_kernel(tile_rows: int, chains: int):
             c_base = builder.gep(data(0), [index(1)])
             a_base = builder.gep(data(3), [index(4)])
             panel_base = builder.gep(data(6), [index(7)])
+            panel_bases = [builder.gep(panel_base, [builder.mul(index(9), constant(q))]) for q in range(panels)]
             c_rows = [builder.gep(c_base, [builder.mul(ldc, constant(r))]) for r in range(tile_rows)]
             a_rows = [builder.gep(a_base, [builder.mul(lda, constant(r))]) for r in range(tile_rows)]
 
@@ -102,16 +106,18 @@ def _tile_kernel(tile_rows: int, chains: int):
                 return builder.bitcast(builder.gep(row_pointer, [constant(v * lanes)]), vector.as_pointer())
 
             def multiply_add(k, sums):
-                """sums (tile_rows * PANEL_VECTORS vectors) += a[:, k] (x) panel[k]."""
-                panel_row = builder.gep(panel_base, [builder.mul(k, constant(width))])
-                columns = [builder.load(vector_at(panel_row, v), align=align) for v in range(PANEL_VECTORS)]
+                """sums (tile_rows * row_vectors vectors) += a[:, k] (x) panels[k]."""
+                columns = []
+                for base in panel_bases:
+                    panel_row = builder.gep(base, [builder.mul(k, constant(width))])
+                    columns += [builder.load(vector_at(panel_row, v), align=align) for v in range(PANEL_VECTORS)]
                 updated = []
                 for r in range(tile_rows):
                     value = builder.load(builder.gep(a_rows[r], [k]), align=align)
                     single = builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0))
                     splat = builder.shuffle_vector(single, undefined, broadcast)
-                    for v in range(PANEL_VECTORS):
-                        updated.append(builder.call(fma, [splat, columns[v], sums[r * PANEL_VECTORS + v]]))
+                    for v in range(row_vectors):
+                        updated.append(builder.call(fma, [splat, columns[v], sums[r * row_vectors + v]]))
                 return updated
 
             def loop(k_start, initial, step, name):
@@ -131,7 +137,7 @@ def _tile_kernel(tile_rows: int, chains: int):
                     phis.append(phi)
                 builder.cbranch(builder.icmp_signed("<=", builder.add(k, constant(step)), count), body, after)
                 builder.position_at_end(body)
-                per_set = tile_rows * PANEL_VECTORS
+                per_set = tile_rows * row_vectors
                 updated = []
                 for chain in range(step):
                     chain_sums = phis[chain * per_set : (chain + 1) * per_set]
@@ -144,9 +150,7 @@ def _tile_kernel(tile_rows: int, chains: int):
                 return k, phis
 
             start = [
-                builder.load(vector_at(c_rows[r], v), align=align)
-                for r in range(tile_rows)
-                for v in range(PANEL_VECTORS)
+                builder.load(vector_at(c_rows[r], v), align=align) for r in range(tile_rows) for v in range(row_vectors)
             ]
             zero = ir.Constant(vector, [ir.Constant(scalar, 0.0)] * lanes)
             sums = start + [zero] * (len(start) * (chains - 1))
@@ -161,8 +165,8 @@ def _tile_kernel(tile_rows: int, chains: int):
                 sums = total
             k, sums = loop(k, sums, 1, "tile.rest")
             for r in range(tile_rows):
-                for v in range(PANEL_VECTORS):
-                    builder.store(sums[r * PANEL_VECTORS + v], vector_at(c_rows[r], v), align=align)
+                for v in range(row_vectors):
+                    builder.store(sums[r * row_vectors + v], vector_at(c_rows[r], v), align=align)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -174,6 +178,10 @@ _tile8 = _tile_kernel(8, 1)
 _tile4 = _tile_kernel(4, 1)
 _tile2 = _tile_kernel(2, 2)
 _tile1 = _tile_kernel(1, 4)
+# One or two rows across two panels at once: twice the independent accumulators and half
+# the loop trips of one panel at a time.
+_tile2_two_panels = _tile_kernel(2, 1, 2)
+_tile1_two_panels = _tile_kernel(1, 2, 2)
 
 
 @jit_helper
@@ -185,16 +193,31 @@ def _tile_rows(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, r
         c_at = c_offset + done * ldc
         a_at = a_offset + done * lda
         if TILE_ROWS >= 8 and left >= 8:
-            _tile8(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            _tile8(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, 0)
             done += 8
         elif left >= 4:
-            _tile4(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            _tile4(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, 0)
             done += 4
         elif left >= 2:
-            _tile2(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            _tile2(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, 0)
             done += 2
         else:
-            _tile1(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count)
+            _tile1(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, 0)
+            done += 1
+
+
+@jit_helper
+def _few_rows_two_panels(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, rows, panel_stride):
+    """``_tile_rows`` over two adjacent panels, for fewer than 4 rows."""
+    done = 0
+    while done < rows:
+        c_at = c_offset + done * ldc
+        a_at = a_offset + done * lda
+        if rows - done >= 2:
+            _tile2_two_panels(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, panel_stride)
+            done += 2
+        else:
+            _tile1_two_panels(c, c_at, ldc, a, a_at, lda, panel, panel_offset, count, panel_stride)
             done += 1
 
 
@@ -243,7 +266,14 @@ def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
     for r in range(rows if edge_cols else 0):
         for c in range(width):
             scratch[r * width + c] = dst[edge_at + r * dst_ld + c] if c < edge_cols else zero
-    for p in range(panels):
+    paired = full_panels - full_panels % 2 if rows < 4 else 0
+    for p in range(0, paired, 2):
+        for k0 in range(0, inner, INNER_CHUNK):
+            _few_rows_two_panels(
+                dst, p * width, dst_ld, src, k0, src_ld, packed, (p * inner + k0) * width,
+                min(INNER_CHUNK, inner - k0), rows, inner * width,
+            )
+    for p in range(paired, panels):
         target, target_offset, target_ld = dst, p * width, dst_ld
         if p == full_panels:
             target, target_offset, target_ld = scratch, 0, width
