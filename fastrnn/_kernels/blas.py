@@ -15,7 +15,6 @@ import os
 import llvmlite.binding as llvm
 import numpy as np
 from numba import types
-from numba.extending import overload
 
 from .._config import jit_helper
 
@@ -68,31 +67,6 @@ _cblas_sgemm = types.ExternalFunction("fastrnn_cblas_sgemm", _gemm_signature(typ
 _cblas_dgemm = types.ExternalFunction("fastrnn_cblas_dgemm", _gemm_signature(types.float64))
 
 
-def _typed_gemm(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
-    """Dispatch stub: numba picks the single- or double-precision routine at compile time."""
-
-
-@overload(_typed_gemm, inline="always")
-def _typed_gemm_impl(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
-    if alpha == types.float32:
-
-        def impl(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
-            _cblas_sgemm(
-                _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc
-            )
-
-        return impl
-    if alpha == types.float64:
-
-        def impl(trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
-            _cblas_dgemm(
-                _ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc
-            )
-
-        return impl
-    return None
-
-
 @jit_helper
 def gemm(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c, c_offset, ldc):
     """C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta * C, on row-major blocks of flat arrays.
@@ -100,24 +74,10 @@ def gemm(trans_a, trans_b, m, n, k, a, a_offset, lda, b, b_offset, ldb, beta, c,
     ``a``, ``b`` and ``c`` are 1-D views of C-contiguous buffers of one dtype; each block
     starts at its element offset and steps rows by its leading dimension.
     """
-    if m == 0 or n == 0:
-        return
-    one = c.dtype.type(1.0)
     size = c.itemsize
-    _typed_gemm(
-        np.int32(trans_a),
-        np.int32(trans_b),
-        m,
-        n,
-        k,
-        one,
-        a.ctypes.data + a_offset * size,
-        max(lda, 1),
-        b.ctypes.data + b_offset * size,
-        max(ldb, 1),
-        c.dtype.type(beta),
-        c.ctypes.data + c_offset * size,
-        max(ldc, 1),
+    gemm_at(
+        size, trans_a, trans_b, m, n, k, a.ctypes.data + a_offset * size, lda, b.ctypes.data + b_offset * size, ldb,
+        beta, c.ctypes.data + c_offset * size, ldc,
     )
 
 

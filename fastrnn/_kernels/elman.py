@@ -365,6 +365,14 @@ def _piece(count, pieces, index):
     return first, (index + 1) * count // pieces - first
 
 
+@jit_helper
+def _pack_pair(float_size, weights, directions, inner, cols, transposed_source):
+    """The packed weights of each direction (``pack_bytes``); one direction fills both slots."""
+    first = pack_bytes(float_size, weights[0], inner, cols, transposed_source)
+    second = pack_bytes(float_size, weights[1], inner, cols, transposed_source) if directions == 2 else first
+    return first, second
+
+
 def _forward_layer(
     float_size, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
     steps, batch, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
@@ -383,17 +391,11 @@ def _forward_layer(
     project_steps = blas_single_threaded
     # Packed once per direction, here, and shared by its pieces: at (B, H) = (64, 1024) in
     # float64 a packed copy per piece (12 MB each) made the threaded steps 1.5x slower.
-    packed_hh_first = pack_bytes(float_size, weights_hh[0], hidden_size, hidden_size, True)
-    packed_hh_second = (
-        pack_bytes(float_size, weights_hh[1], hidden_size, hidden_size, True) if directions == 2 else packed_hh_first
-    )
-    packed_ih_first = packed_hh_first
-    packed_ih_second = packed_hh_first
+    packed_hh_first, packed_hh_second = _pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, True)
+    packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
-        packed_ih_first = pack_bytes(float_size, weights_ih[0], feature_size, hidden_size, True)
-        packed_ih_second = (
-            pack_bytes(float_size, weights_ih[1], feature_size, hidden_size, True) if directions == 2
-            else packed_ih_first
+        packed_ih_first, packed_ih_second = _pack_pair(
+            float_size, weights_ih, directions, feature_size, hidden_size, True
         )
     for task in prange(directions * pieces):
         direction = task // pieces
@@ -427,10 +429,7 @@ def _backward_layer(
     """
     width = directions * hidden_size
     tasks = directions * pieces
-    packed_hh_first = pack_bytes(float_size, weights_hh[0], hidden_size, hidden_size, False)
-    packed_hh_second = (
-        pack_bytes(float_size, weights_hh[1], hidden_size, hidden_size, False) if directions == 2 else packed_hh_first
-    )
+    packed_hh_first, packed_hh_second = _pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, False)
     for task in prange(tasks):
         direction = task // pieces
         first, rows = _piece(batch, pieces, task % pieces)
