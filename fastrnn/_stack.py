@@ -19,6 +19,7 @@ from types import ModuleType
 import numpy as np
 
 from . import _stacking
+from ._kernels.native import ensure_compiled
 from ._parallel import get_num_threads
 from ._spec import StackSpec
 
@@ -58,8 +59,8 @@ def kernels_of(spec: StackSpec) -> ModuleType:
 def as_bytes(array: np.ndarray) -> np.ndarray:
     """A C-contiguous array's memory as bytes (its last axis in bytes), without a copy.
 
-    The layer kernels take every array as bytes plus the float size: they only hand
-    addresses on to the per-dtype kernels, so one compilation serves both dtypes.
+    The layer kernels take every array as bytes: they only hand addresses on, to BLAS and
+    to the C-compiled kernels of the layer's dtype.
     """
     if not array.flags.c_contiguous:
         raise AssertionError("kernel arrays are C-contiguous")  # the kernels read them by address
@@ -132,7 +133,7 @@ class LayerCall:
     """
 
     spec: StackSpec
-    float_size: int
+    like: np.ndarray  # an empty array of the layer's dtype: the kernels are compiled per dtype
     steps: int
     batch: int
     features: int
@@ -158,10 +159,15 @@ def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 
+_LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
 def _layer_call(spec, params, layer, layer_input, initial, hidden, saved) -> LayerCall:
     steps, batch, features = layer_input.shape
+    kernels_of(spec)
+    ensure_compiled(layer_input.dtype)
     return LayerCall(
-        spec=spec, float_size=layer_input.dtype.itemsize, steps=steps, batch=batch, features=features,
+        spec=spec, like=_LIKE[layer_input.dtype], steps=steps, batch=batch, features=features,
         layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
         initial=tuple(as_bytes(state) for state in initial), hidden=as_bytes(hidden),
         saved={name: as_bytes(buffer) for name, buffer in saved.items()},

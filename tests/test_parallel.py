@@ -137,14 +137,16 @@ import numba
 import numpy as np
 from fastrnn import _parallel, _stack
 from fastrnn._kernels import elman
+from fastrnn._kernels.native import ensure_compiled
 
 spec = _stack.StackSpec("rnn_tanh", 3, 4, 1, True, True)
 params = {name: np.full(shape, 0.1) for name, shape in spec.parameter_shapes().items()}
 pairs = _stack.layer_parameters(spec, params, 0, np.float64)
 steps, batch = 5, 2
 as_bytes = _stack.as_bytes
+ensure_compiled(np.float64)
 arguments = (
-    8, as_bytes(np.ones((steps, batch, 3))), 3, 2, pairs["weight_ih"], pairs["weight_hh"], pairs["bias_ih"],
+    np.empty(0), as_bytes(np.ones((steps, batch, 3))), 3, 2, pairs["weight_ih"], pairs["weight_hh"], pairs["bias_ih"],
     pairs["bias_hh"],
     as_bytes(np.zeros((2, batch, 4))), as_bytes(np.empty((steps, batch, 8))), steps, batch, 4, False,
     as_bytes(np.empty((2, batch, 4))),

@@ -13,23 +13,27 @@ import fastrnn
 from fastrnn import _stack
 from fastrnn._config import jit
 from fastrnn._kernels import elman
+from fastrnn._kernels.native import ensure_compiled
 from fastrnn._kernels.packed import PANEL_BYTES, pack_bytes, packed_product
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
-
 # The helpers below are compiled into the kernels that call them; these kernels call
-# them for the tests.
+# them for the tests, after the C functions they reach are compiled.
+ensure_compiled(np.float32)
+ensure_compiled(np.float64)
+
+
 @jit
 def _packed_product(src, src_offset, src_ld, weight, transposed_source, dst, dst_offset, dst_ld, rows, inner, cols):
-    packed = pack_bytes(weight.itemsize, weight, inner, cols, transposed_source).view(weight.dtype)
+    packed = pack_bytes(weight, weight, inner, cols, transposed_source).view(weight.dtype)
     scratch = np.full(rows * (PANEL_BYTES // dst.itemsize), np.nan, dtype=dst.dtype)
     packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch)
 
 
 @jit
 def _packed(weight, inner, cols, transposed_source):
-    return pack_bytes(weight.itemsize, weight, inner, cols, transposed_source).view(weight.dtype)
+    return pack_bytes(weight, weight, inner, cols, transposed_source).view(weight.dtype)
 
 
 @jit
@@ -167,46 +171,73 @@ def test_layer_with_large_steps_matches_reference(bidirectional):
     assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
 
 
-# On a CPU without AVX-512 the tiles are 4 rows of two 32-byte vectors. numba compiles for
-# the CPU that NUMBA_CPU_NAME names, so a fresh interpreter told to target Haswell runs
-# that code here, against the reference engine.
-NARROW_VECTOR_SCRIPT = """
+# The tile shape and vector width follow the CPU numba compiles for: 8 rows of two 64-byte
+# vectors with AVX-512, 4 rows of two 32-byte vectors otherwise (LLVM splits those into
+# 16-byte halves without AVX). numba compiles for the CPU that NUMBA_CPU_NAME names, so a
+# fresh interpreter told to target one runs that code here, against the reference engine,
+# for every cell kind and dtype.
+ISA_SCRIPT = """
+import sys
 import numpy as np
 import fastrnn
 from fastrnn import reference
 from fastrnn._kernels import packed
 
-assert (packed.VECTOR_BYTES, packed.TILE_ROWS) == (32, 4), (packed.VECTOR_BYTES, packed.TILE_ROWS)
+assert (packed.VECTOR_BYTES, packed.TILE_ROWS) == (int(sys.argv[1]), int(sys.argv[2])), (
+    packed.VECTOR_BYTES, packed.TILE_ROWS)
 worst = 0.0
-for dtype in (np.float32, np.float64):
-    for steps, batch, inputs, hidden, layers, bidirectional in ((5, 7, 9, 20, 2, True), (4, 21, 40, 70, 1, False)):
-        fast = fastrnn.RNN(inputs, hidden, layers, bidirectional=bidirectional, dtype=dtype, seed=1)
-        slow = reference.RNN(inputs, hidden, layers, bidirectional=bidirectional, dtype=dtype, seed=1)
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
-        grad = rng.standard_normal((steps, batch, (2 if bidirectional else 1) * hidden)).astype(dtype)
-        results = []
-        for layer in (fast, slow):
-            output, h_n = layer(x)
-            grad_x, grad_hx = layer.backward(grad)
-            results.append([output, h_n, grad_x, grad_hx] + [layer.grads[name] for name in sorted(layer.grads)])
-        for mine, expected in zip(*results, strict=True):
-            error = np.max(np.abs(mine - expected) / (1.0 + np.abs(expected)))
-            worst = max(worst, float(error) / (1e-4 if dtype == np.float32 else 1e-10))
+for cell, options in (("RNN", {}), ("LSTM", {}), ("LSTM", {"proj_size": 7}), ("GRU", {})):
+    for dtype in (np.float32, np.float64):
+        for steps, batch, inputs, hidden, layers, bidirectional in ((5, 7, 9, 20, 2, True), (4, 21, 40, 70, 1, False)):
+            arguments = dict(bidirectional=bidirectional, dtype=dtype, seed=1, **options)
+            fast = getattr(fastrnn, cell)(inputs, hidden, layers, **arguments)
+            slow = getattr(reference, cell)(inputs, hidden, layers, **arguments)
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
+            width = (2 if bidirectional else 1) * options.get("proj_size", hidden)
+            grad = rng.standard_normal((steps, batch, width)).astype(dtype)
+            results = []
+            for layer in (fast, slow):
+                output, finals = layer(x)
+                grad_x, grad_initials = layer.backward(grad)
+                states = finals if isinstance(finals, tuple) else (finals,)
+                grad_states = grad_initials if isinstance(grad_initials, tuple) else (grad_initials,)
+                results.append([output, grad_x, *states, *grad_states] + [layer.grads[n] for n in sorted(layer.grads)])
+            for mine, expected in zip(*results, strict=True):
+                error = np.max(np.abs(mine - expected) / (1.0 + np.abs(expected)))
+                worst = max(worst, float(error) / (1e-4 if dtype == np.float32 else 1e-10))
 print(worst)
 """
+BASELINE = "+64bit,+cmov,+sse,+sse2"
+AVX2 = BASELINE + ",+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2"
+ISA_TARGETS = {
+    "x86-64": (BASELINE, 32, 4),
+    "haswell": (AVX2, 32, 4),
+    "skylake-avx512": (AVX2 + ",+avx512f,+avx512dq,+avx512cd,+avx512bw,+avx512vl", 64, 8),
+}
 
 
-def test_kernels_compiled_for_a_cpu_without_avx512_match_reference(tmp_path):
-    features = "+64bit,+cmov,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2"
+def _host_has_avx512() -> bool:
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+@pytest.mark.parametrize("cpu", sorted(ISA_TARGETS))
+def test_kernels_compiled_for_each_isa_match_reference(cpu, tmp_path):
+    features, vector_bytes, tile_rows = ISA_TARGETS[cpu]
+    if "+avx512f" in features and not _host_has_avx512():
+        pytest.skip("this CPU cannot run AVX-512 code; the AVX-512 build is checked on machines that have it")
     environment = {
         **os.environ,
-        "NUMBA_CPU_NAME": "haswell",
+        "NUMBA_CPU_NAME": cpu,
         "NUMBA_CPU_FEATURES": features,
         "NUMBA_CACHE_DIR": str(tmp_path),
     }
     result = subprocess.run(
-        [sys.executable, "-c", NARROW_VECTOR_SCRIPT], env=environment, capture_output=True, text=True, check=True
+        [sys.executable, "-W", "ignore", "-c", ISA_SCRIPT, str(vector_bytes), str(tile_rows)], env=environment,
+        capture_output=True, text=True,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     # The worst error, in units of the parameter-gradient rtol of the parity tests (1e-4 float32, 1e-10 float64).
     assert float(result.stdout.split()[-1]) < 1.0, result.stdout

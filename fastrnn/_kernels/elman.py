@@ -17,13 +17,13 @@ Layout shared by every kernel (all arrays C-contiguous; the per-direction kernel
 """
 
 import numpy as np
-from numba import carray, prange, types
+from numba import carray, prange
 
 from .. import _parallel
 from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
-from .native import export
+from .native import ARRAY, INDEX, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 
 # Whole-sequence products (input projections, weight and input gradients) go through
@@ -222,28 +222,28 @@ def _backpropagate_native(
     )
 
 
-def _recur_types(scalar):
-    array, index = types.CPointer(scalar), types.int64
-    return (array, index, array, index, array, array, index, array, index, array, array) + (index,) * 9 + (array,)
-
-
-def _backpropagate_types(scalar):
-    array, index = types.CPointer(scalar), types.int64
-    return (array, index) + (array,) * 3 + (index,) * 9 + (array,)
-
-
-_recur_compiled = export("recur", _recur_native, _recur_types)
-_backpropagate_compiled = export("backpropagate", _backpropagate_native, _backpropagate_types)
+_recur_compiled = export(
+    "recur", _recur_native, layer_input=ARRAY, feature_size=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
+    hidden=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX,
+    offset=INDEX, reverse=INDEX, use_relu=INDEX, h_n=ARRAY,
+)
+_backpropagate_compiled = export(
+    "backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, hidden=ARRAY,
+    grad_hidden=ARRAY, grad_h_n=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,
+    width=INDEX, offset=INDEX, reverse=INDEX, use_relu=INDEX, grad_h0=ARRAY,
+)
 
 
 @jit_inline
 def recur(
-    float_size, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps,
+    like, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps,
     batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
-    """``_recur``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
+    """``_recur``, through its compiled C function for ``like``'s dtype; arrays as bytes."""
+    float_size = like.itemsize
     _recur_compiled(
-        float_size, layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, packed_ih.size // float_size,
+        like, layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, packed_ih.size // float_size,
         bias_ih.ctypes.data, bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, packed_hh.size // float_size,
         h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse,
         use_relu, h_n.ctypes.data,
@@ -252,12 +252,13 @@ def recur(
 
 @jit_inline
 def backpropagate(
-    float_size, packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
+    like, packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
     reverse, use_relu, grad_h0,
 ):
-    """``_backpropagate``, through its compiled C function for ``float_size``-byte floats; arrays as bytes."""
+    """``_backpropagate``, through its compiled C function for ``like``'s dtype; arrays as bytes."""
+    float_size = like.itemsize
     _backpropagate_compiled(
-        float_size, packed_hh.ctypes.data, packed_hh.size // float_size, hidden.ctypes.data, grad_hidden.ctypes.data,
+        like, packed_hh.ctypes.data, packed_hh.size // float_size, hidden.ctypes.data, grad_hidden.ctypes.data,
         grad_h_n.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu,
         grad_h0.ctypes.data,
     )
@@ -323,23 +324,23 @@ def _parameter_gradients_native(
     )
 
 
-def _parameter_gradients_types(scalar):
-    array, index = types.CPointer(scalar), types.int64
-    return (array, index) + (array,) * 3 + (index,) * 8 + (array,) * 4 + (index,) * 2
-
-
-_parameter_gradients_compiled = export("parameter_gradients", _parameter_gradients_native, _parameter_gradients_types)
+_parameter_gradients_compiled = export(
+    "parameter_gradients", _parameter_gradients_native, layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
+    hidden=ARRAY, grad_hidden=ARRAY, steps=INDEX, batch=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX,
+    reverse=INDEX, first_unit=INDEX, units=INDEX, grad_weight_ih=ARRAY, grad_weight_hh=ARRAY, grad_bias_ih=ARRAY,
+    grad_bias_hh=ARRAY, has_bias=INDEX, blas_single_threaded=INDEX,
+)
 
 
 @jit_inline
 def parameter_gradients(
-    float_size, layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
+    like, layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
     reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
 ):
-    """``_parameter_gradients``, through its compiled C function for ``float_size``-byte floats."""
+    """``_parameter_gradients``, through its compiled C function for ``like``'s dtype."""
     _parameter_gradients_compiled(
-        float_size, layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data,
+        like, layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data,
         grad_hidden.ctypes.data, steps, batch, hidden_size, width, offset, reverse, first_unit, units,
         grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data,
         has_bias, blas_single_threaded,
@@ -359,7 +360,7 @@ def input_gradient(
 
 
 def _forward_layer(
-    float_size, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
+    like, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
     steps, batch, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
 ):
     """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B*H) for one layer of D directions.
@@ -370,17 +371,18 @@ def _forward_layer(
     into ``pieces`` batch ranges, which never interact. Compiled twice: serially, where
     ``prange`` is ``range`` (pieces=1), and with the pieces on numba's threads.
     """
+    float_size = like.itemsize
     width = directions * hidden_size
     # On one thread, one GEMM per direction projects every step (BLAS may use its own
     # threads for it); on numba's threads each piece projects step by step (see below).
     project_steps = blas_single_threaded
     # Packed once per direction, here, and shared by its pieces: at (B, H) = (64, 1024) in
     # float64 a packed copy per piece (12 MB each) made the threaded steps 1.5x slower.
-    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, True)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, hidden_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
         packed_ih_first, packed_ih_second = pack_pair(
-            float_size, weights_ih, directions, feature_size, hidden_size, True
+            like, weights_ih, directions, feature_size, hidden_size, True
         )
     for task in prange(directions * pieces):
         direction = task // pieces
@@ -394,7 +396,7 @@ def _forward_layer(
                 width, direction * hidden_size,
             )
         recur(
-            float_size, layer_input, feature_size, packed_ih_first if direction == 0 else packed_ih_second,
+            like, layer_input, feature_size, packed_ih_first if direction == 0 else packed_ih_second,
             biases_ih[direction], biases_hh[direction], project_steps,
             packed_hh_first if direction == 0 else packed_hh_second, h0[direction], hidden, steps, batch, first, rows,
             hidden_size, width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
@@ -402,7 +404,7 @@ def _forward_layer(
 
 
 def _backward_layer(
-    float_size, layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n,
+    like, layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n,
     grad_h0, steps, batch, hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
     has_bias, grad_input, pieces, blas_single_threaded,
 ):
@@ -412,14 +414,15 @@ def _backward_layer(
     gradients. Pieces as in ``_forward_layer``: batch ranges through time first, then
     ranges of hidden units for the weight gradients and of rows for the input gradient.
     """
+    float_size = like.itemsize
     width = directions * hidden_size
     tasks = directions * pieces
-    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, False)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, hidden_size, False)
     for task in prange(tasks):
         direction = task // pieces
         first, rows = piece(batch, pieces, task % pieces)
         backpropagate(
-            float_size, packed_hh_first if direction == 0 else packed_hh_second, hidden, grad_hidden,
+            like, packed_hh_first if direction == 0 else packed_hh_second, hidden, grad_hidden,
             grad_h_n[direction], steps, batch, first, rows, hidden_size, width, direction * hidden_size,
             direction == 1, use_relu, grad_h0[direction],
         )
@@ -427,7 +430,7 @@ def _backward_layer(
         direction = task // pieces
         first_unit, units = piece(hidden_size, pieces, task % pieces)
         parameter_gradients(
-            float_size, layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
+            like, layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
             direction * hidden_size, direction == 1, first_unit, units, grads_weight_ih[direction],
             grads_weight_hh[direction], grads_bias_ih[direction], grads_bias_hh[direction], has_bias,
             blas_single_threaded,
@@ -456,7 +459,7 @@ def forward(call, finals) -> None:
     """Run one layer (a ``LayerCall``); ``finals`` is the (D, B, H) h_n of its directions."""
     spec, params = call.spec, call.params
     _parallel.run_kernel(
-        forward_layer, forward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
         call.initial[0], call.hidden, call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
         finals[0],
@@ -467,7 +470,7 @@ def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -
     """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` (T, B, D*H) is consumed in place."""
     spec, params = call.spec, call.params
     _parallel.run_kernel(
-        backward_layer, backward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        backward_layer, backward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden, grad_hidden,
         grad_finals[0], grad_initials[0], call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"], spec.bias, grad_input,

@@ -5,11 +5,37 @@ GEMM per weight over every step, bias gradients as column sums, and the input gr
 the gated kernels leave it; each direction owns a block of ``gate_width`` columns.
 """
 
+import numpy as np
 from numba import carray
 
-from .._config import jit_inline
+from .._config import jit_helper, jit_inline
 from .blas import NO_TRANS, TRANS, gemm_at
 from .native import ARRAY, INDEX, export
+
+# The saved buffers of an inference call: one empty array, so that training and inference
+# pass one array type and share one compilation.
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+def saved_bytes(call, name: str) -> np.ndarray:
+    """A ``LayerCall``'s saved buffer as flat bytes, or the empty one when not kept."""
+    buffer = call.saved.get(name)
+    return buffer.reshape(-1) if buffer is not None else _EMPTY
+
+
+@jit_inline
+def packed_size(array, float_size):
+    """The number of floats in a packed weight held as bytes."""
+    return array.size // float_size
+
+
+@jit_helper
+def zero_rows(array, offset, ld, rows, cols):
+    zero = array.dtype.type(0.0)
+    for r in range(rows):
+        row = array[offset + r * ld : offset + r * ld + cols]
+        for c in range(cols):
+            row[c] = zero
 
 
 def _column_sums_native(values, rows, cols, ld, sums):
@@ -28,11 +54,13 @@ _column_sums = export(
 
 
 @jit_inline
-def column_sums(float_size, values, offset, rows, cols, ld, sums, sums_offset):
-    """sums[sums_offset : sums_offset + cols] += column sums of a block of ``values`` (bytes)."""
+def column_sums(like, values, offset, rows, cols, ld, sums, sums_offset):
+    """sums[sums_offset : sums_offset + cols] += column sums of a block of ``values`` (bytes
+    of floats of ``like``'s dtype)."""
+    float_size = like.itemsize
     if rows > 0 and cols > 0:
         _column_sums(
-            float_size, values.ctypes.data + offset * float_size, rows, cols, ld,
+            like, values.ctypes.data + offset * float_size, rows, cols, ld,
             sums.ctypes.data + sums_offset * float_size,
         )
 

@@ -12,16 +12,16 @@ callee needs to view the memory again with ``carray``.
 """
 
 import inspect
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm_binding
+import numpy as np
 from numba import cfunc, types
 from numba.extending import overload
 
 FLOAT_TYPES = {"float32": types.float32, "float64": types.float64}
-
-_compiled = []  # the compiled functions stay alive: their symbols hold their addresses
-
 
 # The kinds of argument an exported kernel takes: a float array (passed as its address)
 # or a 64-bit integer (a size, an offset or a flag).
@@ -37,48 +37,81 @@ def _argument_type(kind: str, scalar):
     raise ValueError(f"argument kinds are {ARRAY!r} and {INDEX!r}, got {kind!r}")
 
 
-def export(name: str, function: Callable, argument_types: Callable | None = None, **arguments: str) -> Callable:
-    """Compile ``function`` for each float dtype and register it as ``fastrnn_<name>_<dtype>``.
+@dataclass
+class _Export:
+    name: str
+    function: Callable
+    argument_types: Callable
+    compiled: dict = field(default_factory=dict)  # dtype name -> cfunc, once compiled
+
+
+_exports: list[_Export] = []  # in declaration order: an export's callees are declared before it
+_compile_lock = threading.RLock()
+
+
+def export(name: str, function: Callable, **arguments: str) -> Callable:
+    """Declare ``function`` as the C function ``fastrnn_<name>_<dtype>`` of each float dtype.
 
     The C signature is given once, by name: ``arguments`` maps each of ``function``'s
     parameters, in order, to ``ARRAY`` or ``INDEX``; a mismatch with the function's own
-    parameters raises here, where it is declared. (``argument_types(scalar)``, a tuple of
-    numba types, is the older positional form.) Returns what kernels call instead:
-    ``call(float_size, *arguments)``, arrays given as addresses (``array.ctypes.data``),
-    which runs the build for ``float_size``-byte floats.
+    parameters raises here, where it is declared. Nothing is compiled until
+    ``ensure_compiled`` asks for a dtype. Returns what kernels call instead:
+    ``call(like, *arguments)``, ``like`` any array of the dtype wanted (its dtype picks
+    the build at compile time) and arrays given as addresses (``array.ctypes.data``).
     """
-    if arguments:
-        declared = list(arguments)
-        parameters = list(inspect.signature(function).parameters)
-        if declared != parameters:
-            raise TypeError(f"export {name!r}: declared arguments {declared} do not match {function.__name__}"
-                            f"'s parameters {parameters}")
+    declared = list(arguments)
+    parameters = list(inspect.signature(function).parameters)
+    if declared != parameters:
+        raise TypeError(f"export {name!r}: declared arguments {declared} do not match {function.__name__}"
+                        f"'s parameters {parameters}")
+    kinds = tuple(arguments.values())
 
-        def argument_types(scalar):
-            return tuple(_argument_type(kind, scalar) for kind in arguments.values())
+    def argument_types(scalar):
+        return tuple(_argument_type(kind, scalar) for kind in kinds)
 
+    _exports.append(_Export(name, function, argument_types))
     externals = {}
-    for dtype_name, scalar in FLOAT_TYPES.items():
-        signature = argument_types(scalar)
-        compiled = cfunc(types.void(*signature), cache=True, error_model="numpy")(function)
-        symbol = f"fastrnn_{name}_{dtype_name}"
-        llvm_binding.add_symbol(symbol, compiled.address)
-        _compiled.append(compiled)
-        as_called = [types.voidptr if isinstance(argument, types.CPointer) else argument for argument in signature]
-        externals[dtype_name] = types.ExternalFunction(symbol, types.void(*as_called))
-    single, double = externals["float32"], externals["float64"]
+    for dtype_name in FLOAT_TYPES:
+        as_called = [types.voidptr if kind == ARRAY else types.int64 for kind in kinds]
+        externals[dtype_name] = types.ExternalFunction(_symbol(name, dtype_name), types.void(*as_called))
 
-    def call(float_size, *arguments):
+    def call(like, *arguments):
         """Stands for the compiled implementation below inside kernels."""
 
     @overload(call)
-    def _call(float_size, *arguments):
-        def implementation(float_size, *arguments):
-            if float_size == 4:
-                single(*arguments)
-            else:
-                double(*arguments)
+    def _call(like, *arguments):
+        external = externals[str(like.dtype)] if isinstance(like, types.Array) else None
+        if external is None:
+            raise TypeError(f"{name}: the first argument must be an array of float32 or float64, got {like}")
+
+        def implementation(like, *arguments):
+            external(*arguments)
 
         return implementation
 
     return call
+
+
+def _symbol(name: str, dtype_name: str) -> str:
+    return f"fastrnn_{name}_{dtype_name}"
+
+
+def ensure_compiled(dtype) -> None:
+    """Compile (or load from numba's cache) every declared C function for ``dtype``.
+
+    Kernels that call them link to their symbols when they are compiled or loaded, so this
+    runs before any of them for that dtype. A process that only ever uses float32 never
+    compiles the float64 builds, and a cell whose kernel module is never imported
+    declares nothing.
+    """
+    dtype_name = np.dtype(dtype).name
+    if all(dtype_name in item.compiled for item in _exports):
+        return
+    with _compile_lock:
+        scalar = FLOAT_TYPES[dtype_name]
+        for item in _exports:
+            if dtype_name not in item.compiled:
+                signature = types.void(*item.argument_types(scalar))
+                compiled = cfunc(signature, cache=True, error_model="numpy")(item.function)
+                llvm_binding.add_symbol(_symbol(item.name, dtype_name), compiled.address)
+                item.compiled[dtype_name] = compiled

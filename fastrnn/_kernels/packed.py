@@ -23,7 +23,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, register_jitable
 
 from .._config import jit_helper, jit_inline
-from .native import export
+from .native import ARRAY, INDEX, export
 
 
 def _vector_bytes() -> int:
@@ -304,29 +304,27 @@ def _product_native(
     _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch)
 
 
-def _pack_types(scalar):
-    array, index = types.CPointer(scalar), types.int64
-    return (array, index, index, index, array, index)
-
-
-def _product_types(scalar):
-    array, index = types.CPointer(scalar), types.int64
-    return (array, index, array, index, array) + (index,) * 4 + (array, index)
-
-
-_pack_compiled = export("pack", _pack_native, _pack_types)
-_product_compiled = export("packed_product", _product_native, _product_types)
+_pack_compiled = export(
+    "pack", _pack_native, weight_pointer=ARRAY, inner=INDEX, cols=INDEX, transposed_source=INDEX,
+    packed_pointer=ARRAY, packed_size=INDEX,
+)
+_product_compiled = export(
+    "packed_product", _product_native, src_pointer=ARRAY, src_ld=INDEX, packed_pointer=ARRAY, packed_size=INDEX,
+    dst_pointer=ARRAY, dst_ld=INDEX, rows=INDEX, inner=INDEX, cols=INDEX, scratch_pointer=ARRAY,
+    scratch_size=INDEX,
+)
 
 
 @jit_inline
-def pack_bytes(float_size, weight, inner, cols, transposed_source):
-    """B (inner x cols) in panels, as bytes of ``float_size``-byte floats; B is ``weight``
+def pack_bytes(like, weight, inner, cols, transposed_source):
+    """B (inner x cols) in panels, as bytes of floats of ``like``'s dtype; B is ``weight``
     (inner, cols), or its transpose if ``transposed_source``, when ``weight`` is
     (cols, inner) as PyTorch stores W_ih and W_hh. ``weight`` may be bytes as well."""
+    float_size = like.itemsize
     width = PANEL_BYTES // float_size
     count = (cols + width - 1) // width * inner * width
     packed = np.empty(count * float_size, dtype=np.uint8)
-    _pack_compiled(float_size, weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
+    _pack_compiled(like, weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
     return packed
 
 
@@ -341,7 +339,7 @@ def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, row
         return
     size = src.itemsize
     _product_compiled(
-        size, src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
+        src, src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
         dst.ctypes.data + dst_offset * size, dst_ld, rows, inner, cols, scratch.ctypes.data, scratch.size,
     )
 
@@ -354,8 +352,8 @@ def piece(count, pieces, index):
 
 
 @jit_helper
-def pack_pair(float_size, weights, directions, inner, cols, transposed_source):
+def pack_pair(like, weights, directions, inner, cols, transposed_source):
     """The packed weights of each direction (``pack_bytes``); one direction fills both slots."""
-    first = pack_bytes(float_size, weights[0], inner, cols, transposed_source)
-    second = pack_bytes(float_size, weights[1], inner, cols, transposed_source) if directions == 2 else first
+    first = pack_bytes(like, weights[0], inner, cols, transposed_source)
+    second = pack_bytes(like, weights[1], inner, cols, transposed_source) if directions == 2 else first
     return first, second
