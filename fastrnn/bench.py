@@ -87,7 +87,7 @@ def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
 def _peer_available(name: str) -> str | None:
     """None when the peer can run, else the reason it is skipped."""
     missing = missing_modules(name)
-    return f"{name} needs {', '.join(missing)}, which is not installed" if missing else None
+    return f"{name} is not installed (no module {', '.join(missing)})" if missing else None
 
 
 def build_implementations(case: Case, peers: list[str], notes: list[str]) -> dict[str, Timers]:
@@ -236,8 +236,15 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.append(f"\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
-                 f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    footer = ("\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
+              f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    forward_only = [
+        peer for peer in peers
+        if any(peer in r.peers and r.peers[peer]["forward_backward_ms"] is None for r in results)
+    ]
+    if forward_only:
+        footer += f" Forward only, left out of the f+b speedup: {', '.join(forward_only)}."
+    lines.append(footer)
     return "\n".join(lines)
 
 

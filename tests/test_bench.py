@@ -71,6 +71,7 @@ def test_forward_only_peer_has_no_forward_backward_time_or_speedup():
     )
     ort_columns = bench.format_table([result], ["numpy", "ort"], gemm).splitlines()[2].split("|")[6:8]
     assert [column.strip() for column in ort_columns] == [f"{ort_times['forward_ms']:.3f}", "-"]
+    assert "Forward only, left out of the f+b speedup: ort." in bench.format_table([result], ["numpy", "ort"], gemm)
 
 
 def test_peer_that_cannot_run_a_dtype_is_skipped_with_the_reason():
