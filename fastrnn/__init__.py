@@ -2,7 +2,7 @@
 
 from . import functional, reference, testing
 from ._parallel import get_num_threads, set_num_threads
-from .layers import RNN
+from .layers import GRU, LSTM, RNN
 
-__all__ = ["RNN", "functional", "get_num_threads", "reference", "set_num_threads", "testing"]
+__all__ = ["GRU", "LSTM", "RNN", "functional", "get_num_threads", "reference", "set_num_threads", "testing"]
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """Shape handling shared by every engine: validate the call, go to time-major, come back.
 
 Engines (the numba stack and the NumPy reference) only ever see C-contiguous time-major
-arrays ``x`` of shape (T, B, F) and ``h0`` of shape (L*D, B, H).
+arrays: ``x`` of shape (T, B, F) and one (L*D, B, width) array per state of the cell.
 """
 
 from __future__ import annotations
@@ -16,19 +16,46 @@ from ._validation import as_array, check_gradient_buffers
 
 
 class Engine(Protocol):
-    def forward(self, spec, x, h0, params, dropout, training, requires_grad, generator): ...
+    def forward(self, spec, x, initial, params, dropout, training, requires_grad, generator): ...
 
-    def backward(self, saved, grad_output, grad_h_n, grads): ...
+    def backward(self, saved, grad_output, grad_finals, grads): ...
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How the caller laid out ``x`` and ``hx``, so results come back the same way."""
+    """How the caller laid out ``x`` and the states, so results come back the same way."""
 
     batched: bool
     batch_first: bool
     steps: int
     batch: int
+
+    def to_time_major(self, array: np.ndarray, sequence: bool = True) -> np.ndarray:
+        """A view of a caller's sequence (``x``, ``grad_output``) or state as time-major, batched."""
+        if not self.batched:
+            return array[:, None, :]
+        if sequence and self.batch_first:
+            return array.transpose(1, 0, 2)
+        return array
+
+    def from_time_major(self, array: np.ndarray, sequence: bool = True) -> np.ndarray:
+        """The inverse of ``to_time_major``: a view in the caller's layout."""
+        if not self.batched:
+            return array[:, 0, :]
+        if sequence and self.batch_first:
+            # A view, not a copy: returning time-major memory costs nothing extra.
+            return array.transpose(1, 0, 2)
+        return array
+
+    def sequence_shape(self, width: int) -> tuple[int, ...]:
+        if not self.batched:
+            return (self.steps, width)
+        if self.batch_first:
+            return (self.batch, self.steps, width)
+        return (self.steps, self.batch, width)
+
+    def state_shape(self, stacked: int, width: int) -> tuple[int, ...]:
+        return (stacked, self.batch, width) if self.batched else (stacked, width)
 
 
 @dataclass(frozen=True)
@@ -54,40 +81,50 @@ def _time_major_input(spec: StackSpec, x: Any, dtype: np.dtype | None, batch_fir
             f"expected input with last dimension input_size={spec.input_size}, got shape {array.shape}"
         )
     batched = array.ndim == 3
-    if batched:
-        time_major = array.transpose(1, 0, 2) if batch_first else array
+    if not batched:
+        steps, batch = array.shape[0], 1
+    elif batch_first:
+        batch, steps = array.shape[:2]
     else:
-        time_major = array[:, None, :]
-    steps, batch = time_major.shape[:2]
+        steps, batch = array.shape[:2]
     if steps == 0 or batch == 0:
         raise ValueError(f"expected an input with at least one step and one batch entry, got shape {array.shape}")
     layout = Layout(batched=batched, batch_first=batch_first, steps=steps, batch=batch)
-    return np.ascontiguousarray(time_major), layout
+    return np.ascontiguousarray(layout.to_time_major(array)), layout
 
 
-def _initial_state(spec: StackSpec, hx: Any, layout: Layout, dtype: np.dtype) -> np.ndarray:
+def _state_names(spec: StackSpec, prefix: str, suffix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{name}{suffix}" for name in spec.kind.states)
+
+
+def _split_states(spec: StackSpec, value: Any, what: str) -> tuple[Any, ...]:
+    """The caller's state argument as one entry per state: a lone array, or a pair for LSTM."""
+    count = len(spec.kind.states)
+    if count == 1:
+        return (value,)
+    if value is None:
+        return (None,) * count
+    if not isinstance(value, (tuple, list)) or len(value) != count:
+        names = ", ".join(_state_names(spec, "", "_0"))
+        raise TypeError(f"expected {what} as a tuple ({names}) or None, got {type(value).__name__}")
+    return tuple(value)
+
+
+def _time_major_states(spec: StackSpec, values: tuple[Any, ...], names: tuple[str, ...], layout: Layout,
+                       dtype: np.dtype, notes: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """C-contiguous time-major copies or views of given states; zeros for the ones not given."""
     stacked = spec.num_layers * spec.directions
-    if layout.batched:
-        expected = (stacked, layout.batch, spec.hidden_size)
-    else:
-        expected = (stacked, spec.hidden_size)
-    if hx is None:
-        return np.zeros((stacked, layout.batch, spec.hidden_size), dtype=dtype)
-    array = as_array("hx", hx, dtype)
-    if array.shape != expected:
-        raise ValueError(f"expected hx of shape {expected}, got {array.shape}")
-    if not layout.batched:
-        array = array[:, None, :]
-    return np.ascontiguousarray(array)
-
-
-def _to_caller_layout(output: np.ndarray, h_n: np.ndarray, layout: Layout):
-    if not layout.batched:
-        return output[:, 0, :], h_n[:, 0, :]
-    if layout.batch_first:
-        # A view, not a copy: returning time-major memory costs nothing extra.
-        return output.transpose(1, 0, 2), h_n
-    return output, h_n
+    states = []
+    for value, name, size, note in zip(values, names, spec.state_sizes, notes, strict=True):
+        if value is None:
+            states.append(np.zeros((stacked, layout.batch, size), dtype=dtype))
+            continue
+        array = as_array(name, value, dtype)
+        expected = layout.state_shape(stacked, size)
+        if array.shape != expected:
+            raise ValueError(f"expected {name} of shape {expected}{note}, got {array.shape}")
+        states.append(np.ascontiguousarray(layout.to_time_major(array, sequence=False)))
+    return tuple(states)
 
 
 def run_forward(
@@ -104,66 +141,51 @@ def run_forward(
     requires_grad: bool,
     generator: np.random.Generator | None,
 ):
+    """Returns ``(output, finals, saved)`` in the caller's layout, ``finals`` one array per state."""
     x_time_major, layout = _time_major_input(spec, x, dtype, batch_first)
     dtype = x_time_major.dtype
-    h0 = _initial_state(spec, hx, layout, dtype)
-    output, h_n, state = engine.forward(
-        spec, x_time_major, h0, params, dropout, training, requires_grad, generator
+    names = ("hx",) if len(spec.kind.states) == 1 else _state_names(spec, "", "_0")
+    notes = ("",) * len(names)
+    initial = _time_major_states(spec, _split_states(spec, hx, "hx"), names, layout, dtype, notes)
+    output, finals, state = engine.forward(
+        spec, x_time_major, initial, params, dropout, training, requires_grad, generator
     )
     saved = Saved(engine, spec, layout, dtype, state) if requires_grad else None
-    output, h_n = _to_caller_layout(output, h_n, layout)
+    output = layout.from_time_major(output)
     if saved is not None:
         # The output is the last layer's hidden states, which backward reads: writing to it
         # would silently corrupt the gradients, so the caller gets a read-only view.
         output = output.view()
         output.flags.writeable = False
-    return output, h_n, saved
+    return output, tuple(layout.from_time_major(final, sequence=False) for final in finals), saved
 
 
-def _expected_output_shape(spec: StackSpec, layout: Layout) -> tuple[int, ...]:
-    width = spec.directions * spec.hidden_size
-    if not layout.batched:
-        return (layout.steps, width)
-    if layout.batch_first:
-        return (layout.batch, layout.steps, width)
-    return (layout.steps, layout.batch, width)
-
-
-def run_backward(saved: Saved | None, grad_output: Any, grad_h_n: Any, grads: dict[str, np.ndarray] | None):
+def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads: dict[str, np.ndarray] | None):
+    """Returns ``(grad_x, grad_initials, grads)`` in the caller's layout, one initial gradient per state."""
     if not isinstance(saved, Saved):
         raise TypeError(
             "backward needs the saved state returned by a forward with requires_grad=True, "
             f"got {type(saved).__name__}"
         )
     spec, layout = saved.spec, saved.layout
-    expected = _expected_output_shape(spec, layout)
+    expected = layout.sequence_shape(spec.directions * spec.output_size)
     grad = as_array("grad_output", grad_output, saved.dtype)
     if grad.shape != expected:
         raise ValueError(f"expected grad_output of shape {expected} (the forward output's), got {grad.shape}")
-    if not layout.batched:
-        grad = grad[:, None, :]
-    elif layout.batch_first:
-        grad = grad.transpose(1, 0, 2)
     # The engines work in place on this buffer, so it is always a fresh copy.
-    grad_time_major = np.array(grad, dtype=saved.dtype, order="C", copy=True)
-    stacked = spec.num_layers * spec.directions
-    state_shape = (stacked, layout.batch, spec.hidden_size) if layout.batched else (stacked, spec.hidden_size)
-    if grad_h_n is None:
-        grad_state = np.zeros((stacked, layout.batch, spec.hidden_size), dtype=saved.dtype)
-    else:
-        grad_state = as_array("grad_h_n", grad_h_n, saved.dtype)
-        if grad_state.shape != state_shape:
-            raise ValueError(f"expected grad_h_n of shape {state_shape} (h_n's), got {grad_state.shape}")
-        if not layout.batched:
-            grad_state = grad_state[:, None, :]
-        grad_state = np.ascontiguousarray(grad_state)
+    grad_time_major = np.array(layout.to_time_major(grad), dtype=saved.dtype, order="C", copy=True)
+    names = _state_names(spec, "grad_", "_n")
+    grad_states = _time_major_states(
+        spec, _split_states(spec, grad_finals, "the final states' gradient"), names, layout, saved.dtype,
+        _state_names(spec, " (", "_n's)"),
+    )
     if grads is None:
         grads = {name: np.zeros(shape, dtype=saved.dtype) for name, shape in spec.parameter_shapes().items()}
     else:
         check_gradient_buffers(spec, grads, saved.dtype)
-    grad_x, grad_hx = saved.engine.backward(saved.state, grad_time_major, grad_state, grads)
-    if not layout.batched:
-        return grad_x[:, 0, :], grad_hx[:, 0, :], grads
-    if layout.batch_first:
-        return grad_x.transpose(1, 0, 2), grad_hx, grads
-    return grad_x, grad_hx, grads
+    grad_x, grad_initials = saved.engine.backward(saved.state, grad_time_major, grad_states, grads)
+    return (
+        layout.from_time_major(grad_x),
+        tuple(layout.from_time_major(grad, sequence=False) for grad in grad_initials),
+        grads,
+    )

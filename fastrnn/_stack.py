@@ -1,32 +1,35 @@
-"""The compiled engine: stacks layer kernels into a network, with its dropout.
+"""The compiled engine: each layer, all its directions included, is one kernel call.
 
-Nothing here runs per time step: each layer, all its directions included, is one kernel
-call over the whole sequence. Cell kinds plug in through ``CELL_KERNELS``; this module only knows how layers
-connect (inputs, dropout, the two directions) and what backward needs to keep.
+Nothing here runs per time step. The layers are stacked by the loop every engine shares
+(``_stacking``); this module turns one layer's arrays into what the cell's kernel module
+takes (``LayerCall``) and decides how many threads it gets. The kernel module is named by
+the cell's description and imported on first use, so a cell that is never used compiles
+nothing.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
 
 import numpy as np
 
-from ._dropout import dropout_mask
-from ._kernels import elman
-from ._parallel import get_num_threads, run_kernel
+from . import _stacking
+from ._parallel import get_num_threads
 from ._spec import StackSpec
-
-CELL_KERNELS = {"rnn_tanh": elman, "rnn_relu": elman}
 
 # Steps per chunk when a unidirectional stack runs without keeping state for backward:
 # layers advance chunk by chunk, so memory stays O(chunk * B * H) per layer while the
 # input projection is still one large GEMM per chunk.
 INFERENCE_CHUNK_STEPS = 64
 
-# Below this much recurrent work per layer (T*B*H*H multiply-adds over its directions),
-# splitting it over threads does not pay: at (T, B, H) = (100, 4, 64), 1.6M, two threads
-# were no faster than one; at (100, 8, 128), 13M, they were 1.1-1.5x faster.
+# Below this much recurrent work per layer (T*B*G*H*P multiply-adds over its directions),
+# splitting it over threads does not pay: for the Elman cell at (T, B, H) = (100, 4, 64),
+# 1.6M, two threads were no faster than one; at (100, 8, 128), 13M, they were 1.1-1.5x faster.
 PARALLEL_RECURRENCE_WORK = 4_000_000
 
 # In inference the hidden states of the layers below the top are thrown away after the
@@ -38,23 +41,21 @@ PARALLEL_RECURRENCE_WORK = 4_000_000
 SCRATCH_LIMIT_BYTES = 16 * 2**20
 _scratch = threading.local()
 
-
-@dataclass
-class LayerState:
-    layer_input: np.ndarray | None  # (T, B, F); None when rebuilt from the layer below
-    hidden: np.ndarray  # (T, B, D*H): every h_t, the only per-step memory kept
-    h0: np.ndarray  # (D, B, H)
-    input_mask: np.ndarray | None  # dropout applied to this layer's input
+_kernel_modules: dict[str, ModuleType] = {}
+_import_lock = threading.Lock()
 
 
-@dataclass
-class StackState:
-    spec: StackSpec
-    params: dict[str, np.ndarray]
-    layers: list[LayerState]
+def kernels_of(spec: StackSpec) -> ModuleType:
+    """The kernel module of ``spec``'s cell, imported (and its kernels set up) on first use."""
+    name = spec.kind.kernel_module
+    module = _kernel_modules.get(name)
+    if module is None:
+        with _import_lock:
+            module = _kernel_modules[name] = importlib.import_module(name)
+    return module
 
 
-def _as_bytes(array: np.ndarray) -> np.ndarray:
+def as_bytes(array: np.ndarray) -> np.ndarray:
     """A C-contiguous array's memory as bytes (its last axis in bytes), without a copy.
 
     The layer kernels take every array as bytes plus the float size: they only hand
@@ -76,40 +77,38 @@ def _kernel_array(array: np.ndarray) -> np.ndarray:
     return array.view(np.uint8)
 
 
-def _direction_pairs(spec: StackSpec, layer: int, flat) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``flat(name)`` of each kind of parameter of one layer, as a pair over its directions.
+def _pairs(spec: StackSpec, layer: int, flat, absent) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``flat(name)`` of every parameter kind of one layer, as a pair over its directions.
 
-    The kernels take one array per direction as a pair; a single direction fills both slots.
+    The kernels take one array per direction as a pair; a single direction fills both
+    slots. Kinds the layer lacks (biases, ``weight_hr``) get ``absent(kind)`` in both.
     """
-    pairs = []
-    for names in spec.kind_names(layer):
+    pairs = {}
+    for kind, names in spec.kind_names(layer).items():
         first = flat(names[0])
-        pairs.append((first, flat(names[1])) if len(names) == 2 else (first, first))
+        pairs[kind] = (first, flat(names[1])) if len(names) == 2 else (first, first)
+    for kind in ("bias_ih", "bias_hh", "weight_hr"):
+        if kind not in pairs:
+            pairs[kind] = (absent(kind),) * 2
     return pairs
 
 
-def _layer_parameters(spec: StackSpec, params, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[weights_ih, weights_hh, biases_ih, biases_hh] of one layer, each a pair over its directions.
-
-    Without bias the biases are zeros, so the kernels add them unconditionally.
-    """
-    pairs = _direction_pairs(spec, layer, lambda name: _kernel_array(params[name]))
-    if not spec.bias:
-        zeros = _as_bytes(np.zeros(spec.hidden_size, dtype=dtype))
-        pairs += [(zeros, zeros)] * 2
-    return pairs
+def layer_parameters(spec: StackSpec, params, layer: int, dtype) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every parameter kind of one layer as byte pairs. Absent biases are zeros, so the
+    kernels add them unconditionally; an absent ``weight_hr`` is empty."""
+    zeros = as_bytes(np.zeros(spec.gate_size, dtype=dtype))
+    empty = as_bytes(np.zeros(0, dtype=dtype))
+    return _pairs(spec, layer, lambda name: _kernel_array(params[name]),
+                  lambda kind: empty if kind == "weight_hr" else zeros)
 
 
-def _gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The flat gradients of one layer, paired like ``_layer_parameters``; empty for absent biases."""
-    pairs = _direction_pairs(spec, layer, lambda name: _as_bytes(grads[name]))
-    if not spec.bias:
-        unused = _as_bytes(np.zeros(0, dtype=dtype))
-        pairs += [(unused, unused)] * 2
-    return pairs
+def gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The gradients of one layer, paired like ``layer_parameters``; empty for absent kinds."""
+    empty = as_bytes(np.zeros(0, dtype=dtype))
+    return _pairs(spec, layer, lambda name: as_bytes(grads[name]), lambda kind: empty)
 
 
-def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
+def pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
     """How many batch pieces each direction's recurrence is cut into; 0 to stay on one thread.
 
     Batch rows never interact and the directions are independent, so pieces run
@@ -117,12 +116,32 @@ def _pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
     calling thread.
     """
     threads = get_num_threads()
-    hidden_size = spec.hidden_size
-    work = steps * batch * hidden_size * hidden_size * spec.directions
+    work = steps * batch * spec.gate_size * spec.output_size * spec.directions
     if threads == 1 or work < PARALLEL_RECURRENCE_WORK:
         return 0
     pieces = max(1, min(batch, -(-threads // spec.directions)))
     return pieces if pieces * spec.directions > 1 else 0
+
+
+@dataclass
+class LayerCall:
+    """One layer's arrays, ready for its cell's kernels: C-contiguous bytes, by name.
+
+    Per-direction arrays come as pairs (one direction fills both slots); stacked states
+    as (D, B, width) arrays, one per state of the cell.
+    """
+
+    spec: StackSpec
+    float_size: int
+    steps: int
+    batch: int
+    features: int
+    layer_input: np.ndarray  # (T, B, F)
+    params: dict[str, tuple[np.ndarray, np.ndarray]]
+    initial: tuple[np.ndarray, ...]
+    hidden: np.ndarray  # (T, B, D*P): written by forward, read by backward
+    saved: dict[str, np.ndarray]  # the cell's per-step buffers for backward; empty in inference
+    pieces: int
 
 
 def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -139,98 +158,83 @@ def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 
-def _forward_layer(spec, params, layer, layer_input, h0, hidden, h_n):
-    """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B, H) for one layer."""
-    kernels = CELL_KERNELS[spec.cell]
+def _layer_call(spec, params, layer, layer_input, initial, hidden, saved) -> LayerCall:
     steps, batch, features = layer_input.shape
-    directions = spec.directions
-    weights_ih, weights_hh, biases_ih, biases_hh = _layer_parameters(spec, params, layer, layer_input.dtype)
-    run_kernel(
-        kernels.forward_layer, kernels.forward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-        layer_input.dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh, biases_ih,
-        biases_hh, _as_bytes(h0), _as_bytes(hidden), steps, batch, spec.hidden_size,
-        spec.cell == "rnn_relu", _as_bytes(h_n),
+    return LayerCall(
+        spec=spec, float_size=layer_input.dtype.itemsize, steps=steps, batch=batch, features=features,
+        layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
+        initial=tuple(as_bytes(state) for state in initial), hidden=as_bytes(hidden),
+        saved={name: as_bytes(buffer) for name, buffer in saved.items()},
+        pieces=pieces_per_direction(spec, steps, batch),
     )
 
 
-def forward(spec, x, h0, params, dropout, training, requires_grad, generator):
-    steps, batch, _ = x.shape
-    width = spec.directions * spec.hidden_size
-    h_n = np.empty((spec.num_layers * spec.directions, batch, spec.hidden_size), dtype=x.dtype)
+def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved) -> None:
+    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved)
+    kernels_of(spec).forward(call, tuple(as_bytes(final) for final in finals))
+
+
+def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last):
+    steps, batch, _ = layer_input.shape
+    shape = (steps, batch, spec.directions * spec.output_size)
+    if keep or last:
+        hidden = np.empty(shape, dtype=layer_input.dtype)
+    else:
+        hidden = _scratch_array(layer % 2, shape, layer_input.dtype)
+    saved = {}
+    if keep:
+        saved = {
+            name: np.empty((steps, batch, spec.directions * width), dtype=layer_input.dtype)
+            for name, width in kernels_of(spec).saved_widths(spec).items()
+        }
+    _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved)
+    return hidden, saved
+
+
+def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_finals, grad_initials, grads):
+    dtype = layer_input.dtype
+    grad_input = np.empty(layer_input.shape, dtype=dtype)
+    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved)
+    kernels_of(spec).backward(
+        call, as_bytes(grad_hidden), tuple(as_bytes(grad) for grad in grad_finals),
+        tuple(as_bytes(grad) for grad in grad_initials), gradient_pairs(spec, grads, layer, dtype),
+        as_bytes(grad_input),
+    )
+    return grad_input
+
+
+_layers = sys.modules[__name__]
+_stacked_forward = partial(_stacking.forward, _layers)
+backward = partial(_stacking.backward, _layers)
+
+
+def forward(spec, x, initial, params, dropout, training, requires_grad, generator):
     use_dropout = training and dropout > 0.0 and spec.num_layers > 1
     if not requires_grad and not use_dropout and spec.directions == 1 and spec.num_layers > 1:
-        return _forward_chunked(spec, x, h0, params, h_n), h_n, None
-    if use_dropout and generator is None:
-        generator = np.random.default_rng()
-    layers = []
-    layer_input, input_mask = x, None
-    for layer in range(spec.num_layers):
-        if requires_grad or layer == spec.num_layers - 1:
-            hidden = np.empty((steps, batch, width), dtype=x.dtype)
-        else:
-            hidden = _scratch_array(layer % 2, (steps, batch, width), x.dtype)
-        rows = slice(layer * spec.directions, (layer + 1) * spec.directions)
-        _forward_layer(spec, params, layer, layer_input, h0[rows], hidden, h_n[rows])
-        if requires_grad:
-            kept_input = layer_input if input_mask is None else None
-            layers.append(LayerState(kept_input, hidden, h0[rows], input_mask))
-        if use_dropout and layer < spec.num_layers - 1:
-            input_mask = dropout_mask(generator, hidden.shape, dropout, x.dtype)
-            layer_input = hidden * input_mask
-        else:
-            layer_input, input_mask = hidden, None
-    state = StackState(spec, params, layers) if requires_grad else None
-    return layer_input, h_n, state
+        return _forward_chunked(spec, x, initial, params)
+    return _stacked_forward(spec, x, initial, params, dropout, training, requires_grad, generator)
 
 
-def _forward_chunked(spec, x, h0, params, h_n):
+def _forward_chunked(spec, x, initial, params):
     """Inference for a unidirectional stack: all layers advance one chunk of steps at a time."""
     steps, batch, _ = x.shape
-    output = np.empty((steps, batch, spec.hidden_size), dtype=x.dtype)
+    output = np.empty((steps, batch, spec.output_size), dtype=x.dtype)
     chunk = min(INFERENCE_CHUNK_STEPS, steps)
-    scratch = [
-        np.empty((chunk, batch, spec.hidden_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)
-    ]
-    state = h0.copy()
+    scratch = [np.empty((chunk, batch, spec.output_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)]
+    state = tuple(value.copy() for value in initial)
+    finals = tuple(np.empty_like(value) for value in initial)
     for start in range(0, steps, chunk):
         stop = min(start + chunk, steps)
         layer_input = x[start:stop]
         for layer in range(spec.num_layers):
             last = layer == spec.num_layers - 1
             hidden = output[start:stop] if last else scratch[layer][: stop - start]
-            _forward_layer(spec, params, layer, layer_input, state[layer : layer + 1], hidden, h_n[layer : layer + 1])
-            state[layer] = h_n[layer]
+            rows = slice(layer, layer + 1)
+            _run_forward_layer(
+                spec, params, layer, layer_input, tuple(value[rows] for value in state),
+                tuple(final[rows] for final in finals), hidden, {},
+            )
+            for value, final in zip(state, finals, strict=True):
+                value[layer] = final[layer]
             layer_input = hidden
-    return output
-
-
-def backward(state: StackState, grad_output, grad_h_n, grads):
-    spec, params = state.spec, state.params
-    kernels = CELL_KERNELS[spec.cell]
-    directions = spec.directions
-    dtype = grad_output.dtype
-    grad_hx = np.empty_like(grad_h_n)
-    grad_hidden = grad_output  # owned by us: the front end hands over a fresh copy
-    for layer in reversed(range(spec.num_layers)):
-        saved = state.layers[layer]
-        if saved.layer_input is not None:
-            layer_input = saved.layer_input
-        else:
-            layer_input = state.layers[layer - 1].hidden * saved.input_mask
-        steps, batch, features = layer_input.shape
-        weights_ih, weights_hh, _, _ = _layer_parameters(spec, params, layer, dtype)
-        grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh = _gradient_pairs(spec, grads, layer, dtype)
-        rows = slice(layer * directions, (layer + 1) * directions)
-        grad_input = np.empty((steps, batch, features), dtype=dtype)
-        run_kernel(
-            kernels.backward_layer, kernels.backward_layer_parallel, _pieces_per_direction(spec, steps, batch),
-            dtype.itemsize, _as_bytes(layer_input), features, directions, weights_ih, weights_hh,
-            _as_bytes(saved.h0), _as_bytes(saved.hidden), _as_bytes(grad_hidden),
-            _as_bytes(grad_h_n[rows]), _as_bytes(grad_hx[rows]), steps, batch,
-            spec.hidden_size, spec.cell == "rnn_relu", grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
-            spec.bias, _as_bytes(grad_input),
-        )
-        if saved.input_mask is not None:
-            grad_input *= saved.input_mask
-        grad_hidden = grad_input
-    return grad_hidden, grad_hx
+    return output, finals, None

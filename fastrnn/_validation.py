@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cells import CELL_KINDS
 from ._spec import NONLINEARITIES, StackSpec
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -71,6 +72,16 @@ def as_array(name: str, value: Any, dtype: np.dtype | None) -> np.ndarray:
     return array
 
 
+def check_proj_size(value: Any, hidden_size: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"proj_size must be an int, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {value}")
+    if value >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size ({hidden_size}), got {value}")
+    return int(value)
+
+
 def spec_from_params(params: Mapping[str, Any], cell: str) -> tuple[StackSpec, dict[str, np.ndarray]]:
     """Infer the stack's shape from torch-style parameter names and check it is complete."""
     if not isinstance(params, Mapping):
@@ -88,20 +99,40 @@ def spec_from_params(params: Mapping[str, Any], cell: str) -> tuple[StackSpec, d
         raise ValueError(
             f"weight_ih_l0 and weight_hh_l0 must be 2-D, got shapes {first_ih} and {first_hh}"
         )
+    gates = CELL_KINDS[cell].gates
+    if first_ih[0] % gates or first_ih[0] == 0:
+        raise ValueError(
+            f"weight_ih_l0 must have {gates} x hidden_size rows for this cell, got shape {first_ih}"
+        )
+    proj_size = 0
+    if "weight_hr_l0" in params:
+        if not CELL_KINDS[cell].takes_proj_size:
+            raise ValueError(f"params hold 'weight_hr_l0', a projection, which this cell ({cell}) does not take")
+        proj_size = int(np.shape(params["weight_hr_l0"])[0]) if np.ndim(params["weight_hr_l0"]) == 2 else -1
+        if proj_size <= 0:
+            raise ValueError(f"weight_hr_l0 must be 2-D (proj_size, hidden_size), got shape "
+                             f"{np.shape(params['weight_hr_l0'])}")
     spec = StackSpec(
         cell=cell,
         input_size=int(first_ih[1]),
-        hidden_size=int(first_hh[1]),
+        hidden_size=int(first_ih[0]) // gates,
         num_layers=num_layers,
         bias="bias_ih_l0" in params,
         bidirectional="weight_ih_l0_reverse" in params,
+        proj_size=proj_size,
     )
     return spec, check_state_dict(spec, params, None)
 
 
-def check_state_dict(spec: StackSpec, params: Mapping[str, Any], dtype: np.dtype | None) -> dict[str, np.ndarray]:
-    """Return the parameters as ndarrays; raise naming any missing, extra or mis-shaped entry."""
-    expected = spec.parameter_shapes()
+def check_state_dict(
+    expected: StackSpec | Mapping[str, tuple[int, ...]], params: Mapping[str, Any], dtype: np.dtype | None
+) -> dict[str, np.ndarray]:
+    """Return the parameters as ndarrays; raise naming any missing, extra or mis-shaped entry.
+
+    ``expected`` is a spec, or the parameter shapes by name.
+    """
+    if isinstance(expected, StackSpec):
+        expected = expected.parameter_shapes()
     missing = [name for name in expected if name not in params]
     extra = [name for name in params if name not in expected]
     problems = []

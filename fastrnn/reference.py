@@ -5,46 +5,35 @@ Use it as an oracle in tests and as the baseline in benchmarks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from . import _reference_engine, layers
+from ._functional_api import bind
 
-import numpy as np
-from numpy.typing import ArrayLike
-
-from . import _reference_engine
-from ._frontend import Saved
-from ._functional_api import functional_backward, functional_forward
-from .layers import RNN as _CompiledRNN
-
-__all__ = ["RNN", "rnn_backward", "rnn_forward"]
+__all__ = ["GRU", "LSTM", "RNN", "gru_backward", "gru_forward", "lstm_backward", "lstm_forward", "rnn_backward",
+           "rnn_forward"]
 
 
-class RNN(_CompiledRNN):
+class RNN(layers.RNN):
     """``fastrnn.RNN`` computed step by step in NumPy."""
 
     _engine = _reference_engine
 
 
-def rnn_forward(
-    x: ArrayLike,
-    hx: ArrayLike | None,
-    params: Mapping[str, ArrayLike],
-    *,
-    nonlinearity: str = "tanh",
-    batch_first: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    requires_grad: bool = True,
-    generator: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray, Saved | None]:
-    """Same contract as :func:`fastrnn.functional.rnn_forward`."""
-    return functional_forward(
-        _reference_engine, x, hx, params, nonlinearity=nonlinearity, batch_first=batch_first,
-        dropout=dropout, training=training, requires_grad=requires_grad, generator=generator,
-    )
+class LSTM(layers.LSTM):
+    """``fastrnn.LSTM`` computed step by step in NumPy."""
+
+    _engine = _reference_engine
 
 
-def rnn_backward(
-    saved: Saved, grad_output: ArrayLike, grad_h_n: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Same contract as :func:`fastrnn.functional.rnn_backward`."""
-    return functional_backward(saved, grad_output, grad_h_n)
+class GRU(layers.GRU):
+    """``fastrnn.GRU`` computed step by step in NumPy."""
+
+    _engine = _reference_engine
+
+
+_entry_points = bind(_reference_engine)
+rnn_forward = _entry_points["rnn_forward"]
+rnn_backward = _entry_points["rnn_backward"]
+lstm_forward = _entry_points["lstm_forward"]
+lstm_backward = _entry_points["lstm_backward"]
+gru_forward = _entry_points["gru_forward"]
+gru_backward = _entry_points["gru_backward"]

@@ -8,8 +8,9 @@ Example, inside a user's test::
     report["weight_hh_l1_reverse"].max_abs_error
 
 The check compares ``backward`` against central differences of ``forward`` for the
-scalar loss ``sum(output * G) + sum(h_n * G_h)``, with fixed random ``G`` and ``G_h``, for
-the input, the initial state and every parameter. It needs float64.
+scalar loss ``sum(output * G) + sum(h_n * G_h)`` (LSTM: ``+ sum(c_n * G_c)``), with fixed
+random ``G``, ``G_h`` and ``G_c``, for the input, the initial states and every parameter.
+It needs float64.
 """
 
 from __future__ import annotations
@@ -37,50 +38,71 @@ class GradcheckResult:
     passed: bool
 
 
+def _as_states(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _from_states(states: tuple | None):
+    if states is None:
+        return None
+    return states[0] if len(states) == 1 else states
+
+
 def _layer_calls(layer, x, hx):
     """Forward/backward closures over a layer's own parameter arrays."""
     state = layer.generator.bit_generator.state
 
-    def forward(inputs):
+    def forward(inputs, keep):
         layer.generator.bit_generator.state = state  # the same dropout mask every time
-        return layer.forward(inputs["input"], inputs["hx"], requires_grad=inputs.pop("_keep", False))
+        output, finals = layer.forward(inputs["input"], _from_states(inputs["states"]), requires_grad=keep)
+        return output, _as_states(finals)
 
-    def backward(grad_output, grad_h_n):
+    def backward(grad_output, grad_finals):
         layer.zero_grad()
-        grad_x, grad_hx = layer.backward(grad_output, grad_h_n)
-        return grad_x, grad_hx, layer.grads
+        grad_x, grad_initials = layer.backward(grad_output, _from_states(grad_finals))
+        return grad_x, _as_states(grad_initials), layer.grads
 
     if layer.dtype != np.float64:
         raise TypeError(f"gradcheck needs a float64 layer for central differences, got {layer.dtype}")
     return forward, backward, layer.state_dict()
 
 
-def _functional_calls(module, params, options):
+def _functional_calls(module, cell, params, options):
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
+    module_forward = getattr(module, f"{cell}_forward")
+    module_backward = getattr(module, f"{cell}_backward")
     generator = options.get("generator")
     state = generator.bit_generator.state if generator is not None else None
     arrays = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
     saved_holder = {}
 
-    def forward(inputs):
+    def forward(inputs, keep):
         if generator is not None:
             generator.bit_generator.state = state
-        keep = inputs.pop("_keep", False)
-        output, h_n, saved = module.rnn_forward(inputs["input"], inputs["hx"], arrays, requires_grad=keep, **options)
+        output, finals, saved = module_forward(
+            inputs["input"], _from_states(inputs["states"]), arrays, requires_grad=keep, **options
+        )
         saved_holder["saved"] = saved
-        return output, h_n
+        return output, _as_states(finals)
 
-    def backward(grad_output, grad_h_n):
-        return module.rnn_backward(saved_holder["saved"], grad_output, grad_h_n)
+    def backward(grad_output, grad_finals):
+        grad_x, grad_initials, grads = module_backward(saved_holder["saved"], grad_output, _from_states(grad_finals))
+        return grad_x, _as_states(grad_initials), grads
 
     return forward, backward, arrays
+
+
+CELLS = ("rnn", "lstm", "gru")
 
 
 def gradcheck(
     target: Any,
     x: ArrayLike,
-    hx: ArrayLike | None = None,
+    hx: Any = None,
     *,
     params: Mapping[str, ArrayLike] | None = None,
+    cell: str = "rnn",
     eps: float = 1e-6,
     atol: float = 1e-7,
     rtol: float = 1e-5,
@@ -90,14 +112,17 @@ def gradcheck(
 ) -> dict[str, GradcheckResult]:
     """Check ``target``'s gradients against central differences in float64.
 
-    ``target`` is a layer (``fastrnn.RNN`` or ``fastrnn.reference.RNN``) or a module with
-    ``rnn_forward``/``rnn_backward`` (``fastrnn.functional``, ``fastrnn.reference``); the
-    latter also needs ``params`` and takes the functional keyword ``options``
+    ``target`` is a layer (``fastrnn.RNN``, ``LSTM``, ``GRU`` or their ``fastrnn.reference``
+    twins) or a functional module (``fastrnn.functional``, ``fastrnn.reference``); the
+    latter also needs ``params``, runs ``{cell}_forward``/``{cell}_backward`` (``cell`` one
+    of ``"rnn"``, ``"lstm"``, ``"gru"``) and takes the functional keyword ``options``
     (``nonlinearity``, ``batch_first``, ``dropout``, ``training``, ``generator``).
+    ``hx`` is what the forward takes: an array, or LSTM's pair ``(h_0, c_0)``.
 
-    Returns the worst absolute and relative error per tensor, keyed ``"input"``, ``"hx"``
-    and the parameter names. Raises :class:`GradcheckError` with a per-tensor report when
-    any element exceeds ``atol + rtol * |numeric|``, unless ``raise_on_failure`` is false.
+    Returns the worst absolute and relative error per tensor, keyed ``"input"``, the
+    initial states (``"hx"``; LSTM: ``"h_0"`` and ``"c_0"``) and the parameter names.
+    Raises :class:`GradcheckError` with a per-tensor report when any element exceeds
+    ``atol + rtol * |numeric|``, unless ``raise_on_failure`` is false.
     """
     x = np.array(x, dtype=np.float64)
     if hasattr(target, "backward") and hasattr(target, "state_dict"):
@@ -107,28 +132,32 @@ def gradcheck(
     elif hasattr(target, "rnn_forward") and hasattr(target, "rnn_backward"):
         if params is None:
             raise TypeError("gradcheck of a functional module needs params=")
-        forward, backward, tensors = _functional_calls(target, params, options)
+        forward, backward, tensors = _functional_calls(target, cell, params, options)
     else:
         raise TypeError(
             "gradcheck target must be a layer or a module with rnn_forward/rnn_backward, "
             f"got {type(target).__name__}"
         )
-    inputs = {"input": x, "hx": None if hx is None else np.array(hx, dtype=np.float64)}
-    output, h_n = forward({**inputs, "_keep": True})
-    if inputs["hx"] is None:
-        # Check the initial state too: differentiate at the zeros it defaults to.
-        inputs["hx"] = np.zeros_like(h_n)
+    given = _as_states(hx) if hx is not None else None
+    states = None if given is None else tuple(None if s is None else np.array(s, dtype=np.float64) for s in given)
+    output, finals = forward({"input": x, "states": states}, True)
+    # Check the initial states too: differentiate at the zeros they default to.
+    states = tuple(np.zeros_like(final) if states is None or states[i] is None else states[i]
+                   for i, final in enumerate(finals))
+    inputs = {"input": x, "states": states}
     rng = np.random.default_rng(seed)
     grad_output = rng.standard_normal(output.shape)
-    grad_h_n = rng.standard_normal(h_n.shape)
-    forward({**inputs, "_keep": True})
-    grad_x, grad_hx, param_grads = backward(grad_output, grad_h_n)
-    analytic = {"input": grad_x, "hx": grad_hx, **{name: param_grads[name].copy() for name in tensors}}
-    perturbed = {"input": inputs["input"], "hx": inputs["hx"], **tensors}
+    grad_finals = tuple(rng.standard_normal(final.shape) for final in finals)
+    forward(inputs, True)
+    grad_x, grad_initials, param_grads = backward(grad_output, grad_finals)
+    state_names = ("hx",) if len(states) == 1 else ("h_0", "c_0")
+    analytic = {"input": grad_x, **dict(zip(state_names, grad_initials, strict=True)),
+                **{name: param_grads[name].copy() for name in tensors}}
+    perturbed = {"input": x, **dict(zip(state_names, states, strict=True)), **tensors}
 
     def loss() -> float:
-        out, last = forward(dict(inputs))
-        return float(np.sum(out * grad_output) + np.sum(last * grad_h_n))
+        out, last = forward(inputs, False)
+        return float(np.sum(out * grad_output) + sum(np.sum(s * g) for s, g in zip(last, grad_finals, strict=True)))
 
     results = {}
     for name, array in perturbed.items():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _stack
+from fastrnn import _parallel, _stack
 from fastrnn._kernels.blas import openblas
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
@@ -29,14 +29,14 @@ def parallel_engine(monkeypatch):
     fastrnn.set_num_threads(2)
     monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
     calls = []
-    real_run_kernel = _stack.run_kernel
+    real_run_kernel = _parallel.run_kernel
 
     def counting_run_kernel(serial, parallel, pieces, *args):
         if pieces:
             calls.append(pieces)
         real_run_kernel(serial, parallel, pieces, *args)
 
-    monkeypatch.setattr(_stack, "run_kernel", counting_run_kernel)
+    monkeypatch.setattr(_parallel, "run_kernel", counting_run_kernel)
     yield calls
     fastrnn.set_num_threads(original_threads)
 
@@ -88,16 +88,17 @@ KERNEL_SCRIPT = """
 import sys
 import numba
 import numpy as np
-from fastrnn import _stack
+from fastrnn import _parallel, _stack
 from fastrnn._kernels import elman
 
 spec = _stack.StackSpec("rnn_tanh", 3, 4, 1, True, True)
 params = {name: np.full(shape, 0.1) for name, shape in spec.parameter_shapes().items()}
-weights_ih, weights_hh, biases_ih, biases_hh = _stack._layer_parameters(spec, params, 0, np.float64)
+pairs = _stack.layer_parameters(spec, params, 0, np.float64)
 steps, batch = 5, 2
-as_bytes = _stack._as_bytes
+as_bytes = _stack.as_bytes
 arguments = (
-    8, as_bytes(np.ones((steps, batch, 3))), 3, 2, weights_ih, weights_hh, biases_ih, biases_hh,
+    8, as_bytes(np.ones((steps, batch, 3))), 3, 2, pairs["weight_ih"], pairs["weight_hh"], pairs["bias_ih"],
+    pairs["bias_hh"],
     as_bytes(np.zeros((2, batch, 4))), as_bytes(np.empty((steps, batch, 8))), steps, batch, 4, False,
     as_bytes(np.empty((2, batch, 4))),
 )
@@ -177,7 +178,7 @@ FORK_SCRIPT = """
 import os
 import numpy as np
 import fastrnn
-from fastrnn import _stack
+from fastrnn import _parallel, _stack
 
 _stack.PARALLEL_RECURRENCE_WORK = 0
 fastrnn.set_num_threads(2)

@@ -125,7 +125,7 @@ def test_layer_with_edge_panels_and_row_remainders_matches_reference(bidirection
         config = Config(input_size=70, hidden_size=100, bidirectional=bidirectional)
         fast, slow = make_layers(config, np.float64)
         problem = make_problem(config, np.float64, steps=3, batch=43)
-        assert (_stack._pieces_per_direction(fast.spec, 3, 43) > 0) == parallel
+        assert (_stack.pieces_per_direction(fast.spec, 3, 43) > 0) == parallel
         assert_results_close(run_layer(fast, problem), run_layer(slow, problem), np.float64)
     finally:
         fastrnn.set_num_threads(original_threads)

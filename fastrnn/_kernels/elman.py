@@ -20,6 +20,7 @@ import numpy as np
 from numba import carray, prange, types
 from numba.extending import register_jitable
 
+from .. import _parallel
 from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
@@ -460,3 +461,30 @@ forward_layer = jit(_forward_layer)
 forward_layer_parallel = jit_parallel(_forward_layer)
 backward_layer = jit(_backward_layer)
 backward_layer_parallel = jit_parallel(_backward_layer)
+
+
+def saved_widths(spec) -> dict[str, int]:
+    """Per-step buffers training keeps besides every h_t: none, the hidden states suffice."""
+    return {}
+
+
+def forward(call, finals) -> None:
+    """Run one layer (a ``LayerCall``); ``finals`` is the (D, B, H) h_n of its directions."""
+    spec, params = call.spec, call.params
+    _parallel.run_kernel(
+        forward_layer, forward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
+        call.initial[0], call.hidden, call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
+        finals[0],
+    )
+
+
+def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
+    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` (T, B, D*H) is consumed in place."""
+    spec, params = call.spec, call.params
+    _parallel.run_kernel(
+        backward_layer, backward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden, grad_hidden,
+        grad_finals[0], grad_initials[0], call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
+        grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"], spec.bias, grad_input,
+    )
