@@ -330,6 +330,15 @@ def _backward_layer(
             grad_h0[direction].ctypes.data, grad_c0[direction].ctypes.data,
         )
     sequence_rows = steps * batch
+    if projected:
+        # In a loop of its own: inside the loop below, numba's threaded build of this
+        # conditional product gave wrong input and weight gradients.
+        for direction in prange(directions):
+            accumulate_product(
+                float_size, grad_hidden, direction * output_size, directions * output_size, unprojected,
+                direction * hidden_size, directions * hidden_size, sequence_rows, output_size, hidden_size,
+                grads_weight_hr[direction], 0, hidden_size,
+            )
     for task in prange(tasks):
         direction = task // pieces
         first_unit, units = piece(gate_size, pieces, task % pieces)
@@ -348,12 +357,6 @@ def _backward_layer(
                         grads_bias_ih[direction], first_unit)
             column_sums(float_size, gates, column + first_unit, sequence_rows, units, gate_ld,
                         grads_bias_hh[direction], first_unit)
-        if projected and task % pieces == 0:
-            accumulate_product(
-                float_size, grad_hidden, direction * output_size, directions * output_size, unprojected,
-                direction * hidden_size, directions * hidden_size, sequence_rows, output_size, hidden_size,
-                grads_weight_hr[direction], 0, hidden_size,
-            )
         # Every task also takes a share of the input gradient's rows, so the work balances.
         first, rows = piece(sequence_rows, tasks, task)
         for source in range(directions):
