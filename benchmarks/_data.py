@@ -1,7 +1,8 @@
 """Layers and inputs for the benchmarks, all drawn from one fixed seed.
 
 Both backends are built with the same seed, so the compiled layer and its NumPy baseline
-hold the same weights and see the same input.
+hold the same weights and see the same input. A layer is ``RNN``, ``LSTM`` or ``GRU`` by
+its cell, as in ``python -m fastrnn bench --cell``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import numpy as np
 
 import fastrnn
 from fastrnn import reference
+from fastrnn._bench_peers import build_layer
 
 SEED = 0
 
-# The ``backend`` parameter of the benchmarks: the compiled layer and its plain-NumPy twin.
-BACKENDS = {"fastrnn": fastrnn.RNN, "reference": reference.RNN}
+# The ``backend`` parameter of the benchmarks: the compiled layers and their plain-NumPy twins.
+BACKENDS = {"fastrnn": fastrnn, "reference": reference}
 
 
 def random_array(shape: tuple[int, ...], dtype: str, seed: int = SEED) -> np.ndarray:
@@ -42,10 +44,12 @@ def make_problem(shape: tuple[int, int, int, int], bidirectional: bool, dtype: s
 
 
 def make_layer(
-    backend: str, shape: tuple[int, int, int, int], num_layers: int, bidirectional: bool, dtype: str
-) -> fastrnn.RNN:
+    backend: str, cell: str, shape: tuple[int, int, int, int], num_layers: int, bidirectional: bool, dtype: str
+) -> fastrnn.RNN | fastrnn.LSTM | fastrnn.GRU:
+    """``cell`` is one of ``fastrnn.bench.CELLS``: rnn_tanh, rnn_relu, lstm, gru."""
     _, _, input_size, hidden_size = shape
-    return BACKENDS[backend](
-        input_size, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype, seed=SEED
+    return build_layer(
+        BACKENDS[backend], cell, input_size, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype,
+        seed=SEED,
     )
 

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from .bench import CELLS, DEFAULT_PEERS, PEERS
+
 
 def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: int = 128) -> int:
     """Forward and backward on a default shape, checked against the reference, timed against it."""
@@ -56,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="forward+backward on a default shape, checked and timed (default)")
     bench = commands.add_parser("bench", help="time fastrnn against its peers on the default grid")
-    bench.add_argument("--peers", default="numpy,torch,jax", help="comma-separated: numpy,torch,jax")
+    bench.add_argument(
+        "--peers", default=",".join(DEFAULT_PEERS),
+        help=f"comma-separated, some of {','.join(PEERS)} (ort: onnxruntime, forward only)",
+    )
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    bench.add_argument("--cell", default="rnn_tanh", help="rnn_tanh or rnn_relu (LSTM/GRU later)")
+    bench.add_argument("--cell", default="rnn_tanh", help=f"one of {', '.join(CELLS)}")
     bench.add_argument("--shapes", help="'T,B,I,H[,layers[,bi|uni]];...' instead of the default grid")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
     bench.add_argument("--json", help="write the results to this JSON file")

@@ -16,6 +16,20 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._bench_peers import (
+    CELL_TITLES,
+    CELLS,
+    GATES,
+    PEER_BUILDERS,
+    Case,
+    PeerUnavailable,
+    Timers,
+    available_cores,
+    build_case_layer,
+    layer_timers,
+    missing_modules,
+)
+
 # (T, B, I, H, layers, bidirectional): the speed targets' grid.
 DEFAULT_SHAPES = (
     (100, 1, 32, 64, 1, False),
@@ -26,8 +40,8 @@ DEFAULT_SHAPES = (
     (100, 32, 128, 256, 1, False),
     (50, 64, 512, 1024, 1, False),
 )
-PEERS = ("numpy", "torch", "jax")
-CELLS = ("rnn_tanh", "rnn_relu")
+PEERS = tuple(PEER_BUILDERS)
+DEFAULT_PEERS = ("numpy", "torch", "jax")
 
 
 @dataclass
@@ -35,7 +49,7 @@ class ShapeResult:
     shape: tuple
     fastrnn_forward_ms: float
     fastrnn_forward_backward_ms: float
-    peers: dict = field(default_factory=dict)  # name -> {"forward_ms": .., "forward_backward_ms": ..}
+    peers: dict = field(default_factory=dict)  # name -> {"forward_ms": .., "forward_backward_ms": .. or None}
     speedup_forward: float | None = None
     speedup_forward_backward: float | None = None
     gflops_forward_backward: float = 0.0
@@ -47,133 +61,54 @@ def shape_label(shape) -> str:
     return f"({steps},{batch},{inputs},{hidden},{layers},{'bi' if bidirectional else 'uni'})"
 
 
-def forward_backward_flops(shape) -> float:
-    """3 x 2*T*B*(I*H + H*H) per layer-direction (forward, input grads, weight grads)."""
+def forward_flops(shape, cell: str) -> float:
+    """G x 2*T*B*(I*H + H*H) per layer-direction, G the cell's gate count (1, LSTM 4, GRU 3)."""
     steps, batch, inputs, hidden, layers, bidirectional = shape
     directions = 2 if bidirectional else 1
     total = 0.0
     for layer in range(layers):
         features = inputs if layer == 0 else directions * hidden
         total += directions * 2.0 * steps * batch * (features * hidden + hidden * hidden)
-    return 3 * total
+    return GATES[cell] * total
 
 
-def _data(shape, dtype):
-    steps, batch, inputs, hidden, layers, bidirectional = shape
+def forward_backward_flops(shape, cell: str) -> float:
+    """Three times the forward's: the forward, the input gradients, the weight gradients."""
+    return 3 * forward_flops(shape, cell)
+
+
+def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((steps, batch, inputs)).astype(dtype)
-    grad = rng.standard_normal((steps, batch, (2 if bidirectional else 1) * hidden)).astype(dtype)
+    x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(case.dtype)
+    grad = rng.standard_normal((case.steps, case.batch, case.directions * case.hidden_size)).astype(case.dtype)
     return x, grad
-
-
-def _make_fastrnn(module, shape, dtype, nonlinearity):
-    steps, batch, inputs, hidden, layers, bidirectional = shape
-    rnn = module.RNN(inputs, hidden, layers, nonlinearity, bidirectional=bidirectional, dtype=dtype, seed=0)
-    x, grad = _data(shape, dtype)
-
-    def forward():
-        rnn.eval()
-        rnn(x)
-
-    def forward_backward():
-        rnn.train()
-        rnn(x)
-        rnn.backward(grad)
-
-    return forward, forward_backward
-
-
-def _make_numpy(shape, dtype, nonlinearity):
-    from . import reference
-
-    return _make_fastrnn(reference, shape, dtype, nonlinearity)
-
-
-def _make_torch(shape, dtype, nonlinearity):
-    import torch
-
-    steps, batch, inputs, hidden, layers, bidirectional = shape
-    torch.manual_seed(0)
-    rnn = torch.nn.RNN(inputs, hidden, layers, nonlinearity, bidirectional=bidirectional)
-    rnn = rnn.to(torch.float32 if dtype == np.float32 else torch.float64)
-    x, grad = (torch.from_numpy(a) for a in _data(shape, dtype))
-
-    def forward():
-        with torch.no_grad():
-            rnn(x)
-
-    def forward_backward():
-        output, _ = rnn(x)
-        output.backward(grad)
-
-    return forward, forward_backward
-
-
-def _make_jax(shape, dtype, nonlinearity):
-    import jax
-    import jax.numpy as jnp
-
-    if dtype == np.float64:
-        jax.config.update("jax_enable_x64", True)
-    steps, batch, inputs, hidden, layers, bidirectional = shape
-    activation = jnp.tanh if nonlinearity == "tanh" else jax.nn.relu
-    rng = np.random.default_rng(0)
-    directions = 2 if bidirectional else 1
-    bound = 1 / np.sqrt(hidden)
-    params = []
-    for layer in range(layers):
-        features = inputs if layer == 0 else directions * hidden
-        params.append([
-            tuple(jnp.asarray(rng.uniform(-bound, bound, s).astype(dtype)) for s in
-                  ((hidden, features), (hidden, hidden), (hidden,)))
-            for _ in range(directions)
-        ])
-
-    def run_direction(weights, layer_input, reverse):
-        weight_ih, weight_hh, bias = weights
-        projected = layer_input @ weight_ih.T + bias
-
-        def step(h, projected_t):
-            h = activation(projected_t + h @ weight_hh.T)
-            return h, h
-
-        h0 = jnp.zeros((batch, hidden), dtype)
-        _, states = jax.lax.scan(step, h0, projected, reverse=reverse)
-        return states
-
-    def model(params, x):
-        layer_input = x
-        for layer_params in params:
-            outputs = [run_direction(w, layer_input, d == 1) for d, w in enumerate(layer_params)]
-            layer_input = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
-        return layer_input
-
-    x, grad = (jnp.asarray(a) for a in _data(shape, dtype))
-    forward_jit = jax.jit(model)
-    grad_jit = jax.jit(jax.grad(lambda p, xs, g: jnp.sum(model(p, xs) * g), argnums=(0, 1)))
-
-    def forward():
-        forward_jit(params, x).block_until_ready()
-
-    def forward_backward():
-        jax.block_until_ready(grad_jit(params, x, grad))
-
-    return forward, forward_backward
-
-
-PEER_FACTORIES = {"numpy": _make_numpy, "torch": _make_torch, "jax": _make_jax}
 
 
 def _peer_available(name: str) -> str | None:
     """None when the peer can run, else the reason it is skipped."""
-    module = {"numpy": None, "torch": "torch", "jax": "jax"}[name]
-    if module is None:
-        return None
-    try:
-        __import__(module)
-    except ImportError:
-        return f"{name} is not installed"
-    return None
+    missing = missing_modules(name)
+    return f"{name} is not installed (no module {', '.join(missing)})" if missing else None
+
+
+def build_implementations(case: Case, peers: list[str], notes: list[str]) -> dict[str, Timers]:
+    """fastrnn and every peer that can run the case, all holding fastrnn's seeded weights.
+
+    A peer that cannot run the case is left out, with the reason added to ``notes`` once.
+    """
+    import fastrnn
+
+    layer = build_case_layer(fastrnn, case)
+    weights = layer.state_dict()
+    x, grad = _data(case)
+    implementations = {"fastrnn": layer_timers(layer, x, grad)}
+    for peer in peers:
+        try:
+            implementations[peer] = PEER_BUILDERS[peer](case, weights, x, grad)
+        except PeerUnavailable as reason:
+            note = f"skipped peer {peer}: {reason}"
+            if note not in notes:
+                notes.append(note)
+    return implementations
 
 
 def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
@@ -235,11 +170,6 @@ def interleaved_medians(
 def run(
     shapes, peers, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS
 ) -> tuple[list[ShapeResult], float, list[str]]:
-    import fastrnn
-
-    from . import RNN  # noqa: F401  (imports and loads the kernels before any timing)
-
-    nonlinearity = "tanh" if cell == "rnn_tanh" else "relu"
     notes = []
     active = []
     for peer in peers:
@@ -254,24 +184,32 @@ def run(
     results = []
     for index, shape in enumerate(shapes, 1):
         print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
-        makers = {"fastrnn": lambda s=shape: _make_fastrnn(fastrnn, s, dtype, nonlinearity)}
-        for peer in active:
-            makers[peer] = lambda s=shape, p=peer: PEER_FACTORIES[p](s, dtype, nonlinearity)
-        made = {name: make() for name, make in makers.items()}
-        forward = interleaved_medians({name: pair[0] for name, pair in made.items()}, budget, settle)
-        both = interleaved_medians({name: pair[1] for name, pair in made.items()}, budget, settle)
+        made = build_implementations(Case.from_shape(cell, shape, dtype), active, notes)
+        forward = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
+        both = interleaved_medians(
+            {name: timers[1] for name, timers in made.items() if timers[1] is not None}, budget, settle
+        )
         result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
-        for peer in active:
-            result.peers[peer] = {"forward_ms": forward[peer] * 1e3, "forward_backward_ms": both[peer] * 1e3}
-        if active:
-            result.speedup_forward = min(forward[p] for p in active) / forward["fastrnn"]
-            result.speedup_forward_backward = min(both[p] for p in active) / both["fastrnn"]
-        result.gflops_forward_backward = forward_backward_flops(shape) / both["fastrnn"] / 1e9
+        peers_run = [name for name in made if name != "fastrnn"]
+        for peer in peers_run:
+            result.peers[peer] = {
+                "forward_ms": forward[peer] * 1e3,
+                "forward_backward_ms": both[peer] * 1e3 if peer in both else None,
+            }
+        if peers_run:
+            result.speedup_forward = min(forward[p] for p in peers_run) / forward["fastrnn"]
+        if len(both) > 1:
+            result.speedup_forward_backward = min(both[p] for p in peers_run if p in both) / both["fastrnn"]
+        result.gflops_forward_backward = forward_backward_flops(shape, cell) / both["fastrnn"] / 1e9
         results.append(result)
     gemm = max(gemm, gemm_gflops(dtype))
     for result in results:
         result.percent_of_gemm = 100.0 * result.gflops_forward_backward / gemm
     return results, gemm, notes
+
+
+def _milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> str:
@@ -283,8 +221,8 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
     for r in results:
         row = [shape_label(r.shape), f"{r.fastrnn_forward_ms:.3f}", f"{r.fastrnn_forward_backward_ms:.3f}"]
         for peer in peers:
-            timing = r.peers.get(peer)
-            row += [f"{timing['forward_ms']:.3f}", f"{timing['forward_backward_ms']:.3f}"] if timing else ["-", "-"]
+            timing = r.peers.get(peer, {})
+            row += [_milliseconds(timing.get("forward_ms")), _milliseconds(timing.get("forward_backward_ms"))]
         row += [
             f"{r.speedup_forward:.2f}x" if r.speedup_forward else "-",
             f"{r.speedup_forward_backward:.2f}x" if r.speedup_forward_backward else "-",
@@ -298,12 +236,19 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.append(f"\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
-                 f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    footer = ("\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
+              f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    forward_only = [
+        peer for peer in peers
+        if any(peer in r.peers and r.peers[peer]["forward_backward_ms"] is None for r in results)
+    ]
+    if forward_only:
+        footer += f" Forward only, left out of the f+b speedup: {', '.join(forward_only)}."
+    lines.append(footer)
     return "\n".join(lines)
 
 
-def plot(results: list[ShapeResult], path: str) -> None:
+def plot(results: list[ShapeResult], path: str, cell: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,7 +262,7 @@ def plot(results: list[ShapeResult], path: str) -> None:
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
     axis.set_ylabel("speedup over fastest peer (x)")
-    axis.set_title("fastrnn vs the fastest CPU peer, Elman RNN")
+    axis.set_title(f"fastrnn vs the fastest CPU peer, {CELL_TITLES[cell]}")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -330,8 +275,7 @@ README_END = "<!-- bench-table:end -->"
 def _machine_line() -> str:
     import numba
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} cores; numpy {np.__version__}, numba {numba.__version__}; "
+    return (f"{available_cores()} cores; numpy {np.__version__}, numba {numba.__version__}; "
             "BLAS variables unset (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`).")
 
 
@@ -377,13 +321,14 @@ def main(args) -> int:
     if unknown:
         raise SystemExit(f"unknown peers {unknown}; expected some of {list(PEERS)}")
     if args.cell not in CELLS:
-        raise SystemExit(f"cell {args.cell!r} is not available yet; expected one of {list(CELLS)}")
+        raise SystemExit(f"unknown cell {args.cell!r}; expected one of {list(CELLS)}")
     shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
     results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget)
     for note in notes:
         print(note)
     shown = [p for p in peers if any(p in r.peers for r in results)]
-    print(f"\nfastrnn bench: {args.cell}, {np.dtype(dtype).name}, forward and forward+backward\n")
+    print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}, "
+          "forward and forward+backward\n")
     table = format_table(results, shown, gemm)
     print(table)
     if args.json:
@@ -399,7 +344,7 @@ def main(args) -> int:
         print(f"updated {args.readme}")
     if args.plot:
         try:
-            plot(results, args.plot)
+            plot(results, args.plot, args.cell)
         except ImportError:
             print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
             return 1

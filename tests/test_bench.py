@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastrnn import bench
+from fastrnn import _cli, bench
 
 
 def test_parse_shapes_fills_in_layers_and_direction():
@@ -26,19 +26,25 @@ def test_parse_shapes_rejects_malformed_shapes(text):
         bench.parse_shapes(text)
 
 
-def test_forward_backward_flops_counts_every_layer_direction():
-    # layer 0: 2 directions x 2*T*B*(I*H + H*H); layer 1 takes 2H inputs.
+@pytest.mark.parametrize(("cell", "gates"), [("rnn_tanh", 1), ("rnn_relu", 1), ("lstm", 4), ("gru", 3)])
+def test_flops_count_every_gate_of_every_layer_direction(cell, gates):
+    # layer 0: 2 directions x gates x 2*T*B*(I*H + H*H); layer 1 takes 2H inputs.
     steps, batch, inputs, hidden = 3, 2, 4, 5
-    layer0 = 2 * 2 * steps * batch * (inputs * hidden + hidden * hidden)
-    layer1 = 2 * 2 * steps * batch * (2 * hidden * hidden + hidden * hidden)
-    assert bench.forward_backward_flops((steps, batch, inputs, hidden, 2, True)) == 3 * (layer0 + layer1)
+    layer0 = 2 * gates * 2 * steps * batch * (inputs * hidden + hidden * hidden)
+    layer1 = 2 * gates * 2 * steps * batch * (2 * hidden * hidden + hidden * hidden)
+    shape = (steps, batch, inputs, hidden, 2, True)
+    assert bench.forward_flops(shape, cell) == layer0 + layer1
+    assert bench.forward_backward_flops(shape, cell) == 3 * (layer0 + layer1)
 
 
-def test_run_times_fastrnn_and_the_numpy_peer():
+def run_tiny(peers, cell="rnn_tanh", dtype=np.float32, shape=(4, 2, 3, 5, 2, True)):
+    return bench.run([shape], peers, dtype, cell, budget=0.001, progress=io.StringIO(), settle=0.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_run_times_fastrnn_and_the_numpy_peer(cell):
     shape = (4, 2, 3, 5, 2, True)
-    results, gemm, notes = bench.run(
-        [shape], ["numpy"], np.float32, "rnn_tanh", budget=0.001, progress=io.StringIO(), settle=0.0
-    )
+    results, gemm, notes = run_tiny(["numpy"], cell, shape=shape)
     (result,) = results
     assert result.shape == shape
     assert result.fastrnn_forward_ms > 0 and result.fastrnn_forward_backward_ms > 0
@@ -51,17 +57,60 @@ def test_run_times_fastrnn_and_the_numpy_peer():
     assert "(4,2,3,5,2,bi)" in table and "numpy f+b" in table
 
 
-def test_command_writes_json(tmp_path):
+def test_forward_only_peer_has_no_forward_backward_time_or_speedup():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    (result,), gemm, notes = run_tiny(["numpy", "ort"])
+    assert notes == []
+    numpy_times, ort_times = result.peers["numpy"], result.peers["ort"]
+    assert ort_times["forward_ms"] > 0 and ort_times["forward_backward_ms"] is None
+    fastest_forward = min(numpy_times["forward_ms"], ort_times["forward_ms"])
+    assert result.speedup_forward == pytest.approx(fastest_forward / result.fastrnn_forward_ms)
+    assert result.speedup_forward_backward == pytest.approx(
+        numpy_times["forward_backward_ms"] / result.fastrnn_forward_backward_ms
+    )
+    ort_columns = bench.format_table([result], ["numpy", "ort"], gemm).splitlines()[2].split("|")[6:8]
+    assert [column.strip() for column in ort_columns] == [f"{ort_times['forward_ms']:.3f}", "-"]
+    assert "Forward only, left out of the f+b speedup: ort." in bench.format_table([result], ["numpy", "ort"], gemm)
+
+
+def test_peer_that_cannot_run_a_dtype_is_skipped_with_the_reason():
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    (result,), _, notes = run_tiny(["ort"], dtype=np.float64)
+    if "ort" in result.peers:
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} runs float64 RNNs")
+    assert len(notes) == 1 and notes[0].startswith("skipped peer ort: ") and "float64" in notes[0]
+    assert result.speedup_forward is None and result.speedup_forward_backward is None
+
+
+def test_unknown_peer_is_an_error():
+    with pytest.raises(SystemExit, match="unknown peers \\['tensorflow'\\]"):
+        _cli.main(["bench", "--peers", "numpy,tensorflow"])
+
+
+def test_import_fastrnn_loads_no_peer():
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys, fastrnn, fastrnn.bench; "
+         "print(sorted({'torch', 'jax', 'onnx', 'onnxruntime'} & set(sys.modules)))"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_command_writes_json(tmp_path, cell):
     path = tmp_path / "bench.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "fastrnn", "bench", "--shapes", "4,2,3,5", "--peers", "numpy",
+        [sys.executable, "-m", "fastrnn", "bench", "--cell", cell, "--shapes", "4,2,3,5", "--peers", "numpy",
          "--budget", "0.001", "--json", str(path)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert "[1/1] (4,2,3,5,1,uni)" in completed.stderr
+    assert f"(--cell {cell})" in completed.stdout
     data = json.loads(path.read_text())
-    assert data["dtype"] == "float32" and data["cell"] == "rnn_tanh"
+    assert data["dtype"] == "float32" and data["cell"] == cell
     assert [tuple(r["shape"]) for r in data["results"]] == [(4, 2, 3, 5, 1, False)]
 
 
