@@ -126,11 +126,12 @@ def spec_from_params(params: Mapping[str, Any], cell: str) -> tuple[StackSpec, d
 
 
 def check_state_dict(
-    expected: StackSpec | Mapping[str, tuple[int, ...]], params: Mapping[str, Any], dtype: np.dtype | None
+    expected: StackSpec | Mapping[str, tuple[int, ...]], params: Mapping[str, Any], dtype: np.dtype | None,
+    owner: str = "layer",
 ) -> dict[str, np.ndarray]:
     """Return the parameters as ndarrays; raise naming any missing, extra or mis-shaped entry.
 
-    ``expected`` is a spec, or the parameter shapes by name.
+    ``expected`` is a spec, or the parameter shapes by name; ``owner`` names what they belong to.
     """
     if isinstance(expected, StackSpec):
         expected = expected.parameter_shapes()
@@ -154,7 +155,7 @@ def check_state_dict(
             problems.append(f"{name!r} expected shape {shape}, got {array.shape}")
         arrays[name] = array
     if problems:
-        raise ValueError("state dict does not match the layer: " + "; ".join(problems))
+        raise ValueError(f"state dict does not match the {owner}: " + "; ".join(problems))
     for name, array in arrays.items():
         if dtype is None:
             if array.dtype not in FLOAT_DTYPES:

@@ -39,6 +39,7 @@ class _Cell(Parameters):
     """One step of a recurrent cell; see ``RNNCell``, ``LSTMCell`` and ``GRUCell``."""
 
     _engine = _stack
+    _owner_name = "cell"
     # The names of the cell's states and of their gradients, as messages call them.
     _state_names: tuple[str, ...] = ("hx",)
     _grad_names: tuple[str, ...] = ("grad_h_1",)
@@ -81,7 +82,7 @@ class _Cell(Parameters):
         return {self._layer_names[name]: array for name, array in arrays.items()}
 
     def _check_input(self, x: Any) -> np.ndarray:
-        array = as_array("input", x, self.dtype, owner="cell")
+        array = as_array("input", x, self.dtype, self._owner_name)
         if array.ndim not in (1, 2) or array.shape[-1] != self.input_size:
             raise ValueError(
                 f"expected input of shape (B, {self.input_size}) or ({self.input_size},), got {array.shape}"
@@ -97,7 +98,7 @@ class _Cell(Parameters):
             if value is None:
                 arrays.append(None)
                 continue
-            array = as_array(name, value, self.dtype, owner="cell")
+            array = as_array(name, value, self.dtype, self._owner_name)
             if array.shape != shape:
                 raise ValueError(f"expected {name} of shape {shape}, got {array.shape}")
             arrays.append(array)
