@@ -74,6 +74,53 @@ def test_parallel_engine_with_dropout_matches_reference(parallel_engine):
     assert parallel_engine
 
 
+GATED_CASES = [
+    ("LSTM", {}),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}),
+    ("LSTM", {"num_layers": 2, "proj_size": 3}),
+    ("LSTM", {"bidirectional": True, "proj_size": 2, "bias": False}),
+    ("GRU", {}),
+    ("GRU", {"num_layers": 2, "bidirectional": True}),
+    ("GRU", {"num_layers": 3, "bias": False}),
+]
+
+
+def _states(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize(("cell", "options"), GATED_CASES, ids=[f"{c}-{o}" for c, o in GATED_CASES])
+def test_parallel_gated_cells_match_reference(cell, options, batch, parallel_engine):
+    fast = getattr(fastrnn, cell)(4, 5, dtype=np.float64, seed=0, **options)
+    slow = getattr(fastrnn.reference, cell)(4, 5, dtype=np.float64, seed=0, **options)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, batch, 4))
+    output, finals = fast(x)
+    expected_output, expected_finals = slow(x)
+    grad_output = rng.standard_normal(output.shape)
+    grad_finals = tuple(rng.standard_normal(final.shape) for final in _states(finals))
+    grad_x, grad_initials = fast.backward(grad_output, grad_finals if cell == "LSTM" else grad_finals[0])
+    expected_grad_x, expected_grad_initials = slow.backward(
+        grad_output, grad_finals if cell == "LSTM" else grad_finals[0]
+    )
+    fast.eval()
+    inference_output, _ = fast(x)
+
+    if fast.bidirectional or batch > 1:
+        assert parallel_engine, "the parallel path was not taken"
+    tolerance = {"rtol": 1e-10, "atol": 1e-12}
+    np.testing.assert_allclose(output, expected_output, **tolerance)
+    np.testing.assert_allclose(inference_output, expected_output, **tolerance)
+    for actual, expected in zip(_states(finals), _states(expected_finals), strict=True):
+        np.testing.assert_allclose(actual, expected, **tolerance)
+    np.testing.assert_allclose(grad_x, expected_grad_x, **tolerance)
+    for actual, expected in zip(_states(grad_initials), _states(expected_grad_initials), strict=True):
+        np.testing.assert_allclose(actual, expected, **tolerance)
+    for name, grad in fast.grads.items():
+        np.testing.assert_allclose(grad, slow.grads[name], err_msg=name, **tolerance)
+
+
 def test_blas_thread_setting_is_restored(parallel_engine):
     before = openblas.scipy_openblas_get_num_threads64_()
     config = Config(num_layers=2, bidirectional=True)

@@ -18,14 +18,13 @@ Layout shared by every kernel (all arrays C-contiguous; the per-direction kernel
 
 import numpy as np
 from numba import carray, prange, types
-from numba.extending import register_jitable
 
 from .. import _parallel
 from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import export
-from .packed import PANEL_BYTES, pack_bytes, packed_product
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -359,21 +358,6 @@ def input_gradient(
     )
 
 
-@register_jitable(inline="always")
-def _piece(count, pieces, index):
-    """(first, length) of piece ``index`` when ``count`` items are cut into ``pieces`` near-equal ranges."""
-    first = index * count // pieces
-    return first, (index + 1) * count // pieces - first
-
-
-@jit_helper
-def _pack_pair(float_size, weights, directions, inner, cols, transposed_source):
-    """The packed weights of each direction (``pack_bytes``); one direction fills both slots."""
-    first = pack_bytes(float_size, weights[0], inner, cols, transposed_source)
-    second = pack_bytes(float_size, weights[1], inner, cols, transposed_source) if directions == 2 else first
-    return first, second
-
-
 def _forward_layer(
     float_size, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
     steps, batch, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
@@ -392,15 +376,15 @@ def _forward_layer(
     project_steps = blas_single_threaded
     # Packed once per direction, here, and shared by its pieces: at (B, H) = (64, 1024) in
     # float64 a packed copy per piece (12 MB each) made the threaded steps 1.5x slower.
-    packed_hh_first, packed_hh_second = _pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, True)
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
-        packed_ih_first, packed_ih_second = _pack_pair(
+        packed_ih_first, packed_ih_second = pack_pair(
             float_size, weights_ih, directions, feature_size, hidden_size, True
         )
     for task in prange(directions * pieces):
         direction = task // pieces
-        first, rows = _piece(batch, pieces, task % pieces)
+        first, rows = piece(batch, pieces, task % pieces)
         # Projecting step by step on numba's threads suits batch pieces, whose rows are not
         # contiguous across steps: for a bidirectional layer (T=100, B=16, H=128) that took
         # 0.50 ms where whole-sequence GEMMs on both threads at once took 0.48-0.72 ms.
@@ -430,10 +414,10 @@ def _backward_layer(
     """
     width = directions * hidden_size
     tasks = directions * pieces
-    packed_hh_first, packed_hh_second = _pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, False)
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, hidden_size, hidden_size, False)
     for task in prange(tasks):
         direction = task // pieces
-        first, rows = _piece(batch, pieces, task % pieces)
+        first, rows = piece(batch, pieces, task % pieces)
         backpropagate(
             float_size, packed_hh_first if direction == 0 else packed_hh_second, hidden, grad_hidden,
             grad_h_n[direction], steps, batch, first, rows, hidden_size, width, direction * hidden_size,
@@ -441,7 +425,7 @@ def _backward_layer(
         )
     for task in prange(tasks):
         direction = task // pieces
-        first_unit, units = _piece(hidden_size, pieces, task % pieces)
+        first_unit, units = piece(hidden_size, pieces, task % pieces)
         parameter_gradients(
             float_size, layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
             direction * hidden_size, direction == 1, first_unit, units, grads_weight_ih[direction],
@@ -449,7 +433,7 @@ def _backward_layer(
             blas_single_threaded,
         )
         # Every task also takes a share of the input gradient's rows, so the work balances.
-        first, rows = _piece(steps * batch, tasks, task)
+        first, rows = piece(steps * batch, tasks, task)
         for source in range(directions):
             input_gradient(
                 float_size, grad_hidden, width, source * hidden_size, weights_ih[source], hidden_size, feature_size,

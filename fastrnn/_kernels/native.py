@@ -11,6 +11,7 @@ Arrays cross as data pointers: the caller passes ``array.ctypes.data`` and the s
 callee needs to view the memory again with ``carray``.
 """
 
+import inspect
 from collections.abc import Callable
 
 import llvmlite.binding as llvm_binding
@@ -22,22 +23,48 @@ FLOAT_TYPES = {"float32": types.float32, "float64": types.float64}
 _compiled = []  # the compiled functions stay alive: their symbols hold their addresses
 
 
-def export(name: str, function: Callable, argument_types: Callable) -> Callable:
+# The kinds of argument an exported kernel takes: a float array (passed as its address)
+# or a 64-bit integer (a size, an offset or a flag).
+ARRAY = "array"
+INDEX = "index"
+
+
+def _argument_type(kind: str, scalar):
+    if kind == ARRAY:
+        return types.CPointer(scalar)
+    if kind == INDEX:
+        return types.int64
+    raise ValueError(f"argument kinds are {ARRAY!r} and {INDEX!r}, got {kind!r}")
+
+
+def export(name: str, function: Callable, argument_types: Callable | None = None, **arguments: str) -> Callable:
     """Compile ``function`` for each float dtype and register it as ``fastrnn_<name>_<dtype>``.
 
-    ``argument_types(scalar)`` gives the C argument types for that dtype, with
-    ``types.CPointer(scalar)`` for arrays. Returns what kernels call instead:
+    The C signature is given once, by name: ``arguments`` maps each of ``function``'s
+    parameters, in order, to ``ARRAY`` or ``INDEX``; a mismatch with the function's own
+    parameters raises here, where it is declared. (``argument_types(scalar)``, a tuple of
+    numba types, is the older positional form.) Returns what kernels call instead:
     ``call(float_size, *arguments)``, arrays given as addresses (``array.ctypes.data``),
     which runs the build for ``float_size``-byte floats.
     """
+    if arguments:
+        declared = list(arguments)
+        parameters = list(inspect.signature(function).parameters)
+        if declared != parameters:
+            raise TypeError(f"export {name!r}: declared arguments {declared} do not match {function.__name__}"
+                            f"'s parameters {parameters}")
+
+        def argument_types(scalar):
+            return tuple(_argument_type(kind, scalar) for kind in arguments.values())
+
     externals = {}
     for dtype_name, scalar in FLOAT_TYPES.items():
-        arguments = argument_types(scalar)
-        compiled = cfunc(types.void(*arguments), cache=True, error_model="numpy")(function)
+        signature = argument_types(scalar)
+        compiled = cfunc(types.void(*signature), cache=True, error_model="numpy")(function)
         symbol = f"fastrnn_{name}_{dtype_name}"
         llvm_binding.add_symbol(symbol, compiled.address)
         _compiled.append(compiled)
-        as_called = [types.voidptr if isinstance(argument, types.CPointer) else argument for argument in arguments]
+        as_called = [types.voidptr if isinstance(argument, types.CPointer) else argument for argument in signature]
         externals[dtype_name] = types.ExternalFunction(symbol, types.void(*as_called))
     single, double = externals["float32"], externals["float64"]
 

@@ -20,7 +20,7 @@ import llvmlite.ir as ir
 import numpy as np
 from numba import carray, types
 from numba.core import cgutils, config
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
 from .._config import jit_helper, jit_inline
 from .native import export
@@ -344,3 +344,18 @@ def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, row
         size, src.ctypes.data + src_offset * size, src_ld, packed.ctypes.data, packed.size,
         dst.ctypes.data + dst_offset * size, dst_ld, rows, inner, cols, scratch.ctypes.data, scratch.size,
     )
+
+
+@register_jitable(inline="always")
+def piece(count, pieces, index):
+    """(first, length) of piece ``index`` when ``count`` items are cut into ``pieces`` near-equal ranges."""
+    first = index * count // pieces
+    return first, (index + 1) * count // pieces - first
+
+
+@jit_helper
+def pack_pair(float_size, weights, directions, inner, cols, transposed_source):
+    """The packed weights of each direction (``pack_bytes``); one direction fills both slots."""
+    first = pack_bytes(float_size, weights[0], inner, cols, transposed_source)
+    second = pack_bytes(float_size, weights[1], inner, cols, transposed_source) if directions == 2 else first
+    return first, second

@@ -1,0 +1,86 @@
+"""Whole-sequence pieces shared by the gated cells (LSTM, GRU): weight gradients as one
+GEMM per weight over every step, bias gradients as column sums, and the input gradient.
+
+``dz`` is the gradient of a layer's gate pre-activations, (T, B, D*G*H) time-major, as
+the gated kernels leave it; each direction owns a block of ``gate_width`` columns.
+"""
+
+from numba import carray
+
+from .._config import jit_inline
+from .blas import NO_TRANS, TRANS, gemm_at
+from .native import ARRAY, INDEX, export
+
+
+def _column_sums_native(values, rows, cols, ld, sums):
+    """sums[c] += sum over rows of values[r, c], rows ``ld`` apart."""
+    matrix = carray(values, (rows - 1) * ld + cols if rows else 0)
+    totals = carray(sums, cols)
+    for r in range(rows):
+        row = matrix[r * ld : r * ld + cols]
+        for c in range(cols):
+            totals[c] += row[c]
+
+
+_column_sums = export(
+    "column_sums", _column_sums_native, values=ARRAY, rows=INDEX, cols=INDEX, ld=INDEX, sums=ARRAY
+)
+
+
+@jit_inline
+def column_sums(float_size, values, offset, rows, cols, ld, sums, sums_offset):
+    """sums[sums_offset : sums_offset + cols] += column sums of a block of ``values`` (bytes)."""
+    if rows > 0 and cols > 0:
+        _column_sums(
+            float_size, values.ctypes.data + offset * float_size, rows, cols, ld,
+            sums.ctypes.data + sums_offset * float_size,
+        )
+
+
+@jit_inline
+def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, n, c, c_offset, ldc):
+    """c[m, n] += a[rows, m]^T @ b[rows, n] on byte arrays: a weight gradient summed over rows."""
+    if rows > 0:
+        gemm_at(
+            float_size, TRANS, NO_TRANS, m, n, rows, a.ctypes.data + a_offset * float_size, lda,
+            b.ctypes.data + b_offset * float_size, ldb, 1.0, c.ctypes.data + c_offset * float_size, ldc,
+        )
+
+
+@jit_inline
+def recurrent_weight_gradient(
+    float_size, dz, dz_offset, dz_ld, hidden, h0, steps, batch, output_size, width, direction, first_unit, units,
+    grad_weight_hh,
+):
+    """grad_weight_hh[first_unit : first_unit + units] += sum_t dz_t^T h_{t-1}, h_{t-1} the state step t read.
+
+    ``dz_offset`` is the column of unit 0 of this direction's block; ``hidden`` (T, B,
+    ``width``) holds every h_t, this direction's at ``direction * output_size``.
+    """
+    step_rows = batch
+    later = (steps - 1) * batch
+    h_column = direction * output_size
+    dz_column = dz_offset + first_unit
+    if direction == 1:
+        # step t (t < T-1) read h_{t+1}; step T-1 read h0
+        accumulate_product(float_size, dz, dz_column, dz_ld, hidden, step_rows * width + h_column, width, later,
+                           units, output_size, grad_weight_hh, first_unit * output_size, output_size)
+        first_step = steps - 1
+    else:
+        accumulate_product(float_size, dz, step_rows * dz_ld + dz_column, dz_ld, hidden, h_column, width, later,
+                           units, output_size, grad_weight_hh, first_unit * output_size, output_size)
+        first_step = 0
+    accumulate_product(float_size, dz, first_step * step_rows * dz_ld + dz_column, dz_ld, h0, 0, output_size, batch,
+                       units, output_size, grad_weight_hh, first_unit * output_size, output_size)
+
+
+@jit_inline
+def input_gradient(float_size, dz, dz_offset, dz_ld, weight_ih, gate_width, features, first_row, rows, beta,
+                   grad_input):
+    """grad_input[r] (+)= dz[r, block] @ W_ih for rows ``first_row:first_row+rows``."""
+    if rows > 0:
+        gemm_at(
+            float_size, NO_TRANS, NO_TRANS, rows, features, gate_width,
+            dz.ctypes.data + (first_row * dz_ld + dz_offset) * float_size, dz_ld, weight_ih.ctypes.data, features,
+            beta, grad_input.ctypes.data + first_row * features * float_size, features,
+        )

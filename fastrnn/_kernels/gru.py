@@ -1,0 +1,340 @@
+"""GRU kernels: one call of ``forward_layer`` or ``backward_layer`` runs one layer, all
+its directions, over the whole sequence; ``recur`` and ``backpropagate`` run one
+direction, or a batch piece of one, through time, compiled once per dtype as C functions
+(see ``native``), with every per-step product on the packed tile kernel.
+
+Gates in torch's order r, z, n, with torch's formula: n = tanh(x W_in^T + b_in +
+r (h W_hn^T + b_hn)), h' = (1 - z) n + z h. The hidden product h W_hh^T of a step goes to
+scratch, apart from the input projection, because r multiplies only its n block.
+
+What training keeps per step and batch row, per direction (``saved_widths``), besides
+h_t (H floats): r, z and n (3H floats), which backward overwrites with the gradient of the
+input-side pre-activations, and h W_hn^T + b_hn (H floats), which dr needs and backward
+overwrites with the gradient of the hidden-side n block. So 4 * 5H bytes in float32,
+8 * 5H in float64. Inference keeps none of it.
+
+Layout (C-contiguous, time-major): ``layer_input`` (T, B, F); ``hidden`` (T, B, D*H);
+``gates`` (T, B, D*3H); ``hidden_n`` (T, B, D*H); direction d owns the d-th block of
+columns of each.
+"""
+
+import numpy as np
+from numba import carray, prange
+
+from .. import _parallel
+from .._config import jit, jit_helper, jit_parallel
+from .activations import sigmoid, tanh
+from .blas import NO_TRANS, TRANS, gemm_at
+from .gated import accumulate_product, column_sums, input_gradient, recurrent_weight_gradient
+from .lstm import _EMPTY, _size, _zero_rows
+from .native import ARRAY, INDEX, export
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
+
+GATES = 3
+
+
+@jit_helper
+def _recur(
+    layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, gates, hidden_n, keep,
+    steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
+):
+    """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
+
+    With ``project_steps`` each step first computes its own input projection from
+    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``keep`` the
+    gates and h W_hn^T + b_hn live in scratch.
+    """
+    size = hidden_size
+    gate_size = GATES * size
+    dtype = hidden.dtype
+    one = dtype.type(1.0)
+    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
+    products = np.empty(rows * gate_size, dtype=dtype)
+    out_ld = directions * size
+    if keep:
+        gate_buffer, gate_ld = gates, directions * gate_size
+        n_buffer, n_ld = hidden_n, directions * size
+    else:
+        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+        n_buffer, n_ld = np.empty(rows * size, dtype=dtype), size
+    previous, previous_at, previous_ld = h0, first_row * size, size
+    reverse = direction == 1
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        row_at = t * batch + first_row
+        gate_at = row_at * gate_ld + direction * gate_size if keep else 0
+        n_at = row_at * n_ld + direction * size if keep else 0
+        out_at = row_at * out_ld + direction * size
+        if project_steps:
+            _zero_rows(gate_buffer, gate_at, gate_ld, rows, gate_size)
+            packed_product(
+                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, rows, features,
+                gate_size, scratch,
+            )
+        _zero_rows(products, 0, gate_size, rows, gate_size)
+        packed_product(previous, previous_at, previous_ld, packed_hh, products, 0, gate_size, rows, size, gate_size,
+                       scratch)
+        for r in range(rows):
+            gate = gate_buffer[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            product = products[r * gate_size : (r + 1) * gate_size]
+            before = previous[previous_at + r * previous_ld :][:size]
+            hidden_part = n_buffer[n_at + r * n_ld :][:size]
+            result = hidden[out_at + r * out_ld :][:size]
+            for j in range(size):
+                reset = sigmoid(gate[j] + bias_ih[j] + product[j] + bias_hh[j])
+                update = sigmoid(gate[size + j] + bias_ih[size + j] + product[size + j] + bias_hh[size + j])
+                from_hidden = product[2 * size + j] + bias_hh[2 * size + j]
+                new = tanh(gate[2 * size + j] + bias_ih[2 * size + j] + reset * from_hidden)
+                gate[j] = reset
+                gate[size + j] = update
+                gate[2 * size + j] = new
+                hidden_part[j] = from_hidden
+                result[j] = (one - update) * new + update * before[j]
+        previous, previous_at, previous_ld = hidden, out_at, out_ld
+    for r in range(rows):
+        for c in range(size):
+            h_n[(first_row + r) * size + c] = previous[previous_at + r * previous_ld + c]
+
+
+@jit_helper
+def _backpropagate(
+    packed_hh, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size,
+    directions, direction, grad_h0,
+):
+    """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
+
+    On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit ``gates`` holds the
+    gradient of the input-side pre-activations (r, z, n) and ``hidden_n`` that of the
+    hidden-side n block, r dLoss/dn_pre. ``packed_hh`` is W_hh as stored.
+    """
+    size = hidden_size
+    gate_size = GATES * size
+    dtype = gates.dtype
+    one = dtype.type(1.0)
+    scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
+    hidden_side = np.empty(rows * gate_size, dtype=dtype)
+    gate_ld, n_ld, out_ld = directions * gate_size, directions * size, directions * size
+    reverse = direction == 1
+    last_at = ((0 if reverse else steps - 1) * batch + first_row) * out_ld + direction * size
+    for r in range(rows):
+        for c in range(size):
+            grad_hidden[last_at + r * out_ld + c] += grad_h_n[(first_row + r) * size + c]
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        row_at = t * batch + first_row
+        gate_at = row_at * gate_ld + direction * gate_size
+        n_at = row_at * n_ld + direction * size
+        out_at = row_at * out_ld + direction * size
+        if s < steps - 1:
+            earlier = t + 1 if reverse else t - 1
+            before_buffer, before_at, before_ld = hidden, (earlier * batch + first_row) * out_ld + direction * size, \
+                out_ld
+            target, target_at, target_ld = grad_hidden, before_at, out_ld
+        else:
+            before_buffer, before_at, before_ld = h0, first_row * size, size
+            _zero_rows(grad_h0, first_row * size, size, rows, size)
+            target, target_at, target_ld = grad_h0, first_row * size, size
+        for r in range(rows):
+            gate = gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            hidden_part = hidden_n[n_at + r * n_ld :][:size]
+            grad_h = grad_hidden[out_at + r * out_ld :][:size]
+            before = before_buffer[before_at + r * before_ld :][:size]
+            grad_before = target[target_at + r * target_ld :][:size]
+            side = hidden_side[r * gate_size : (r + 1) * gate_size]
+            for j in range(size):
+                reset = gate[j]
+                update = gate[size + j]
+                new = gate[2 * size + j]
+                grad = grad_h[j]
+                grad_new = grad * (one - update) * (one - new * new)
+                grad_reset = grad_new * hidden_part[j] * reset * (one - reset)
+                grad_update = grad * (before[j] - new) * update * (one - update)
+                gate[j] = grad_reset
+                gate[size + j] = grad_update
+                gate[2 * size + j] = grad_new
+                hidden_part[j] = grad_new * reset
+                side[j] = grad_reset
+                side[size + j] = grad_update
+                side[2 * size + j] = grad_new * reset
+                grad_before[j] += grad * update
+        packed_product(hidden_side, 0, gate_size, packed_hh, target, target_at, target_ld, rows, gate_size, size,
+                       scratch)
+
+
+def _recur_native(
+    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size, h0,
+    hidden, gates, hidden_n, keep, steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
+):
+    sequence = steps * batch * directions
+    kept = sequence if keep else 0
+    _recur(
+        carray(layer_input, steps * batch * features), features, carray(packed_ih, packed_ih_size),
+        carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
+        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
+        carray(gates, kept * GATES * hidden_size), carray(hidden_n, kept * hidden_size), keep != 0, steps, batch,
+        first_row, rows, hidden_size, directions, direction, carray(h_n, batch * hidden_size),
+    )
+
+
+def _backpropagate_native(
+    packed_hh, packed_hh_size, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, steps, batch, first_row, rows,
+    hidden_size, directions, direction, grad_h0,
+):
+    sequence = steps * batch * directions
+    _backpropagate(
+        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
+        carray(gates, sequence * GATES * hidden_size), carray(hidden_n, sequence * hidden_size),
+        carray(grad_hidden, sequence * hidden_size), carray(grad_h_n, batch * hidden_size), steps, batch,
+        first_row, rows, hidden_size, directions, direction, carray(grad_h0, batch * hidden_size),
+    )
+
+
+_recur_compiled = export(
+    "gru_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
+    hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX,
+    hidden_size=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY,
+)
+_backpropagate_compiled = export(
+    "gru_backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY, hidden=ARRAY,
+    gates=ARRAY, hidden_n=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX,
+    rows=INDEX, hidden_size=INDEX, directions=INDEX, direction=INDEX, grad_h0=ARRAY,
+)
+
+
+def _forward_layer(
+    float_size, layer_input, features, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden, gates,
+    hidden_n, keep, steps, batch, hidden_size, h_n, pieces, blas_single_threaded,
+):
+    """Fill ``hidden`` and ``h_n`` (and with ``keep`` the saved buffers) for one layer.
+
+    Pairs and pieces as in the Elman kernels. In training on one thread one GEMM per
+    direction projects every step into ``gates``; otherwise each piece projects step by step.
+    """
+    gate_size = GATES * hidden_size
+    project_steps = blas_single_threaded or not keep
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, hidden_size, gate_size, True)
+    packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
+    if project_steps:
+        packed_ih_first, packed_ih_second = pack_pair(float_size, weights_ih, directions, features, gate_size, True)
+    else:
+        for direction in range(directions):
+            gemm_at(
+                float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
+                weights_ih[direction].ctypes.data, features, 0.0,
+                gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
+            )
+    for task in prange(directions * pieces):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        packed_ih = packed_ih_first if direction == 0 else packed_ih_second
+        packed_hh = packed_hh_first if direction == 0 else packed_hh_second
+        _recur_compiled(
+            float_size, layer_input.ctypes.data, features, packed_ih.ctypes.data, _size(packed_ih, float_size),
+            biases_ih[direction].ctypes.data, biases_hh[direction].ctypes.data, project_steps,
+            packed_hh.ctypes.data, _size(packed_hh, float_size), h0[direction].ctypes.data, hidden.ctypes.data,
+            gates.ctypes.data, hidden_n.ctypes.data, keep, steps, batch, first, rows, hidden_size, directions,
+            direction, h_n[direction].ctypes.data,
+        )
+
+
+def _backward_layer(
+    float_size, layer_input, features, directions, weights_ih, weights_hh, h0, hidden, gates, hidden_n, grad_hidden,
+    grad_h_n, grad_h0, steps, batch, hidden_size, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
+    has_bias, grad_input, pieces, blas_single_threaded,
+):
+    """Backpropagate one layer: through time by batch pieces, then the whole-sequence
+    products (weight gradients, bias sums, the input gradient) by unit and row ranges."""
+    size = hidden_size
+    gate_size = GATES * size
+    gate_ld = directions * gate_size
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, gate_size, size, False)
+    tasks = directions * pieces
+    for task in prange(tasks):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        packed_hh = packed_hh_first if direction == 0 else packed_hh_second
+        _backpropagate_compiled(
+            float_size, packed_hh.ctypes.data, _size(packed_hh, float_size), h0[direction].ctypes.data,
+            hidden.ctypes.data, gates.ctypes.data, hidden_n.ctypes.data, grad_hidden.ctypes.data,
+            grad_h_n[direction].ctypes.data, steps, batch, first, rows, hidden_size, directions, direction,
+            grad_h0[direction].ctypes.data,
+        )
+    sequence_rows = steps * batch
+    width = directions * size
+    for task in prange(tasks):
+        direction = task // pieces
+        first_unit, units = piece(gate_size, pieces, task % pieces)
+        column = direction * gate_size
+        accumulate_product(
+            float_size, gates, column + first_unit, gate_ld, layer_input, 0, features, sequence_rows, units,
+            features, grads_weight_ih[direction], first_unit * features, features,
+        )
+        if has_bias:
+            column_sums(float_size, gates, column + first_unit, sequence_rows, units, gate_ld,
+                        grads_bias_ih[direction], first_unit)
+        # The hidden side: r and z share the input side's gradient, n has its own in hidden_n.
+        shared_units = max(0, min(first_unit + units, 2 * size) - first_unit)
+        recurrent_weight_gradient(
+            float_size, gates, column, gate_ld, hidden, h0[direction], steps, batch, size, width, direction,
+            first_unit, shared_units, grads_weight_hh[direction],
+        )
+        first_n = max(first_unit, 2 * size)
+        n_units = first_unit + units - first_n
+        if n_units > 0:
+            recurrent_weight_gradient(
+                float_size, hidden_n, direction * size - 2 * size, width, hidden, h0[direction], steps, batch, size,
+                width, direction, first_n, n_units, grads_weight_hh[direction],
+            )
+        if has_bias:
+            column_sums(float_size, gates, column + first_unit, sequence_rows, shared_units, gate_ld,
+                        grads_bias_hh[direction], first_unit)
+            if n_units > 0:
+                column_sums(float_size, hidden_n, direction * size + first_n - 2 * size, sequence_rows, n_units,
+                            width, grads_bias_hh[direction], first_n)
+        # Every task also takes a share of the input gradient's rows, so the work balances.
+        first, rows = piece(sequence_rows, tasks, task)
+        for source in range(directions):
+            input_gradient(
+                float_size, gates, source * gate_size, gate_ld, weights_ih[source], gate_size, features, first,
+                rows, 0.0 if source == 0 else 1.0, grad_input,
+            )
+
+
+forward_layer = jit(_forward_layer)
+forward_layer_parallel = jit_parallel(_forward_layer)
+backward_layer = jit(_backward_layer)
+backward_layer_parallel = jit_parallel(_backward_layer)
+
+
+def saved_widths(spec) -> dict[str, int]:
+    """Per-step buffers training keeps besides every h_t, by name, in floats per direction."""
+    return {"gates": GATES * spec.hidden_size, "hidden_n": spec.hidden_size}
+
+
+def _flat(call, name):
+    buffer = call.saved.get(name)
+    return buffer.reshape(-1) if buffer is not None else _EMPTY
+
+
+def forward(call, finals) -> None:
+    """Run one layer (a ``LayerCall``); ``finals`` is the (D, B, H) h_n of its directions."""
+    spec, params = call.spec, call.params
+    _parallel.run_kernel(
+        forward_layer, forward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
+        call.initial[0], call.hidden, _flat(call, "gates"), _flat(call, "hidden_n"), bool(call.saved), call.steps,
+        call.batch, spec.hidden_size, finals[0],
+    )
+
+
+def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
+    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` and the saved buffers are consumed in place."""
+    spec, params = call.spec, call.params
+    _parallel.run_kernel(
+        backward_layer, backward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden,
+        _flat(call, "gates"), _flat(call, "hidden_n"), grad_hidden, grad_finals[0], grad_initials[0], call.steps,
+        call.batch, spec.hidden_size, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"],
+        spec.bias, grad_input,
+    )

@@ -1,0 +1,416 @@
+"""LSTM kernels: one call of ``forward_layer`` or ``backward_layer`` runs one layer, all
+its directions, over the whole sequence; ``recur`` and ``backpropagate`` run one
+direction, or a batch piece of one, through time, compiled once per dtype as C functions
+(see ``native``), with every per-step product on the packed tile kernel.
+
+Gates in torch's order i, f, g, o. With ``projected``, h_t = (o tanh(c_t)) W_hr^T and
+``output_size`` is ``proj_size``; otherwise h_t = o tanh(c_t) and ``output_size`` is H.
+
+What training keeps per step and batch row, per direction (``saved_widths``), besides
+h_t (P floats, the layer's output): the four gate activations (4H floats), which
+backward overwrites with the gradient of the pre-activations, and c_t (H floats); with a
+projection also o tanh(c_t) (H floats), which W_hr's gradient needs. So 4 * (5H + P)
+bytes in float32 (4 * (6H + P) projected), 8 * ... in float64. Inference keeps none of
+it: each piece works in O(rows * H) scratch.
+
+Layout (C-contiguous, time-major): ``layer_input`` (T, B, F); ``hidden`` (T, B, D*P);
+``gates`` (T, B, D*4H); ``cells`` and ``unprojected`` (T, B, D*H); direction d owns
+the d-th block of columns of each.
+"""
+
+import numpy as np
+from numba import carray, prange
+
+from .. import _parallel
+from .._config import jit, jit_helper, jit_inline, jit_parallel
+from .activations import sigmoid, tanh
+from .blas import NO_TRANS, TRANS, gemm_at
+from .gated import accumulate_product, column_sums, input_gradient, recurrent_weight_gradient
+from .native import ARRAY, INDEX, export
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
+
+GATES = 4
+
+
+@jit_helper
+def _zero_rows(array, offset, ld, rows, cols):
+    zero = array.dtype.type(0.0)
+    for r in range(rows):
+        row = array[offset + r * ld : offset + r * ld + cols]
+        for c in range(cols):
+            row[c] = zero
+
+
+@jit_helper
+def _recur(
+    layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, packed_hr, h0, c0, hidden, gates,
+    cells, unprojected, keep, steps, batch, first_row, rows, hidden_size, output_size, projected, directions,
+    direction, h_n, c_n,
+):
+    """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
+
+    With ``project_steps`` each step first computes its own input projection from
+    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``keep`` the
+    gates, cell state and o tanh(c) live in scratch, overwritten step after step.
+    """
+    size = hidden_size
+    gate_size = GATES * size
+    bias = bias_ih[:gate_size] + bias_hh[:gate_size]
+    dtype = hidden.dtype
+    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
+    out_ld = directions * output_size
+    if keep:
+        gate_buffer, gate_ld = gates, directions * gate_size
+        cell_buffer, cell_ld = cells, directions * size
+        unprojected_buffer = unprojected
+    else:
+        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+        cell_buffer, cell_ld = np.empty(rows * size, dtype=dtype), size
+        unprojected_buffer = np.empty(rows * size if projected else 0, dtype=dtype)
+    previous, previous_at, previous_ld = h0, first_row * output_size, output_size
+    cell_previous, cell_previous_at, cell_previous_ld = c0, first_row * size, size
+    reverse = direction == 1
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        row_at = t * batch + first_row
+        gate_at = row_at * gate_ld + direction * gate_size if keep else 0
+        cell_at = row_at * cell_ld + direction * size if keep else 0
+        out_at = row_at * out_ld + direction * output_size
+        if project_steps:
+            _zero_rows(gate_buffer, gate_at, gate_ld, rows, gate_size)
+            packed_product(
+                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, rows, features,
+                gate_size, scratch,
+            )
+        packed_product(
+            previous, previous_at, previous_ld, packed_hh, gate_buffer, gate_at, gate_ld, rows, output_size,
+            gate_size, scratch,
+        )
+        for r in range(rows):
+            gate = gate_buffer[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            cell_before = cell_previous[cell_previous_at + r * cell_previous_ld :][:size]
+            cell = cell_buffer[cell_at + r * cell_ld :][:size]
+            if projected:
+                result = unprojected_buffer[cell_at + r * cell_ld :][:size]
+            else:
+                result = hidden[out_at + r * out_ld :][:size]
+            for j in range(size):
+                i = sigmoid(gate[j] + bias[j])
+                f = sigmoid(gate[size + j] + bias[size + j])
+                g = tanh(gate[2 * size + j] + bias[2 * size + j])
+                o = sigmoid(gate[3 * size + j] + bias[3 * size + j])
+                c = f * cell_before[j] + i * g
+                gate[j] = i
+                gate[size + j] = f
+                gate[2 * size + j] = g
+                gate[3 * size + j] = o
+                cell[j] = c
+                result[j] = o * tanh(c)
+        if projected:
+            _zero_rows(hidden, out_at, out_ld, rows, output_size)
+            packed_product(
+                unprojected_buffer, cell_at, cell_ld, packed_hr, hidden, out_at, out_ld, rows, size, output_size,
+                scratch,
+            )
+        previous, previous_at, previous_ld = hidden, out_at, out_ld
+        cell_previous, cell_previous_at, cell_previous_ld = cell_buffer, cell_at, cell_ld
+    for r in range(rows):
+        for c in range(output_size):
+            h_n[(first_row + r) * output_size + c] = previous[previous_at + r * previous_ld + c]
+        for c in range(size):
+            c_n[(first_row + r) * size + c] = cell_previous[cell_previous_at + r * cell_previous_ld + c]
+
+
+@jit_helper
+def _backpropagate(
+    packed_hh, packed_hr, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, steps, batch, first_row, rows,
+    hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0,
+):
+    """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
+
+    On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds the total
+    dLoss/dh_t of this direction's block, and ``gates`` holds dLoss/dz_t, the gradient of
+    the gate pre-activations. ``packed_hh`` and ``packed_hr`` are W_hh and W_hr as stored.
+    """
+    size = hidden_size
+    gate_size = GATES * size
+    dtype = gates.dtype
+    one = dtype.type(1.0)
+    scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
+    gate_ld, cell_ld, out_ld = directions * gate_size, directions * size, directions * output_size
+    grad_cell = np.empty(rows * size, dtype=dtype)
+    for r in range(rows):
+        for j in range(size):
+            grad_cell[r * size + j] = grad_c_n[(first_row + r) * size + j]
+    grad_unprojected = np.empty(rows * size if projected else 0, dtype=dtype)
+    reverse = direction == 1
+    last_at = ((0 if reverse else steps - 1) * batch + first_row) * out_ld + direction * output_size
+    for r in range(rows):
+        for c in range(output_size):
+            grad_hidden[last_at + r * out_ld + c] += grad_h_n[(first_row + r) * output_size + c]
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        row_at = t * batch + first_row
+        gate_at = row_at * gate_ld + direction * gate_size
+        cell_at = row_at * cell_ld + direction * size
+        out_at = row_at * out_ld + direction * output_size
+        if projected:
+            _zero_rows(grad_unprojected, 0, size, rows, size)
+            packed_product(
+                grad_hidden, out_at, out_ld, packed_hr, grad_unprojected, 0, size, rows, output_size, size, scratch
+            )
+            source, source_at, source_ld = grad_unprojected, 0, size
+        else:
+            source, source_at, source_ld = grad_hidden, out_at, out_ld
+        if s < steps - 1:
+            earlier = t + 1 if reverse else t - 1
+            cell_before_buffer, cell_before_at, cell_before_ld = cells, (earlier * batch + first_row) * cell_ld + \
+                direction * size, cell_ld
+        else:
+            cell_before_buffer, cell_before_at, cell_before_ld = c0, first_row * size, size
+        for r in range(rows):
+            gate = gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            cell = cells[cell_at + r * cell_ld :][:size]
+            cell_before = cell_before_buffer[cell_before_at + r * cell_before_ld :][:size]
+            grad_result = source[source_at + r * source_ld :][:size]
+            carried = grad_cell[r * size : (r + 1) * size]
+            for j in range(size):
+                i = gate[j]
+                f = gate[size + j]
+                g = gate[2 * size + j]
+                o = gate[3 * size + j]
+                tanh_c = tanh(cell[j])
+                grad_m = grad_result[j]
+                grad_c = carried[j] + grad_m * o * (one - tanh_c * tanh_c)
+                gate[j] = grad_c * g * i * (one - i)
+                gate[size + j] = grad_c * cell_before[j] * f * (one - f)
+                gate[2 * size + j] = grad_c * i * (one - g * g)
+                gate[3 * size + j] = grad_m * tanh_c * o * (one - o)
+                carried[j] = grad_c * f
+        if s < steps - 1:
+            earlier = t + 1 if reverse else t - 1
+            target, target_at, target_ld = grad_hidden, (earlier * batch + first_row) * out_ld + \
+                direction * output_size, out_ld
+        else:
+            _zero_rows(grad_h0, first_row * output_size, output_size, rows, output_size)
+            target, target_at, target_ld = grad_h0, first_row * output_size, output_size
+        packed_product(gates, gate_at, gate_ld, packed_hh, target, target_at, target_ld, rows, gate_size,
+                       output_size, scratch)
+    for r in range(rows):
+        for j in range(size):
+            grad_c0[(first_row + r) * size + j] = grad_cell[r * size + j]
+
+
+def _recur_native(
+    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
+    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, steps, batch, first_row, rows,
+    hidden_size, output_size, projected, directions, direction, h_n, c_n,
+):
+    sequence = steps * batch * directions
+    kept = sequence if keep else 0
+    _recur(
+        carray(layer_input, steps * batch * features), features, carray(packed_ih, packed_ih_size),
+        carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
+        carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(h0, batch * output_size),
+        carray(c0, batch * hidden_size), carray(hidden, sequence * output_size),
+        carray(gates, kept * GATES * hidden_size), carray(cells, kept * hidden_size),
+        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, steps, batch, first_row, rows,
+        hidden_size, output_size, projected != 0, directions, direction, carray(h_n, batch * output_size),
+        carray(c_n, batch * hidden_size),
+    )
+
+
+def _backpropagate_native(
+    packed_hh, packed_hh_size, packed_hr, packed_hr_size, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, steps,
+    batch, first_row, rows, hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0,
+):
+    sequence = steps * batch * directions
+    _backpropagate(
+        carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(c0, batch * hidden_size),
+        carray(gates, sequence * GATES * hidden_size), carray(cells, sequence * hidden_size),
+        carray(grad_hidden, sequence * output_size), carray(grad_h_n, batch * output_size),
+        carray(grad_c_n, batch * hidden_size), steps, batch, first_row, rows, hidden_size, output_size,
+        projected != 0, directions, direction, carray(grad_h0, batch * output_size),
+        carray(grad_c0, batch * hidden_size),
+    )
+
+
+_recur_compiled = export(
+    "lstm_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
+    packed_hr_size=INDEX, h0=ARRAY, c0=ARRAY, hidden=ARRAY, gates=ARRAY, cells=ARRAY, unprojected=ARRAY,
+    keep=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX,
+    projected=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
+)
+_backpropagate_compiled = export(
+    "lstm_backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
+    packed_hr_size=INDEX, c0=ARRAY, gates=ARRAY, cells=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, grad_c_n=ARRAY,
+    steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX, projected=INDEX,
+    directions=INDEX, direction=INDEX, grad_h0=ARRAY, grad_c0=ARRAY,
+)
+
+
+@jit_inline
+def _size(array, float_size):
+    return array.size // float_size
+
+
+def _forward_layer(
+    float_size, layer_input, features, directions, weights_ih, weights_hh, biases_ih, biases_hh, weights_hr, h0, c0,
+    hidden, gates, cells, unprojected, keep, steps, batch, hidden_size, output_size, projected, h_n, c_n, pieces,
+    blas_single_threaded,
+):
+    """Fill ``hidden``, ``h_n`` and ``c_n`` (and with ``keep`` the saved buffers) for one layer.
+
+    Pairs and pieces as in the Elman kernels. In training on one thread one GEMM per
+    direction projects every step into ``gates``; otherwise each piece projects step by step.
+    """
+    gate_size = GATES * hidden_size
+    project_steps = blas_single_threaded or not keep
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, output_size, gate_size, True)
+    packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
+    if project_steps:
+        packed_ih_first, packed_ih_second = pack_pair(float_size, weights_ih, directions, features, gate_size, True)
+    packed_hr_first, packed_hr_second = packed_hh_first, packed_hh_second  # not read without a projection
+    if projected:
+        packed_hr_first, packed_hr_second = pack_pair(
+            float_size, weights_hr, directions, hidden_size, output_size, True
+        )
+    if not project_steps:
+        for direction in range(directions):
+            gemm_at(
+                float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
+                weights_ih[direction].ctypes.data, features, 0.0,
+                gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
+            )
+    for task in prange(directions * pieces):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        first_direction = direction == 0
+        packed_ih = packed_ih_first if first_direction else packed_ih_second
+        packed_hh = packed_hh_first if first_direction else packed_hh_second
+        packed_hr = packed_hr_first if first_direction else packed_hr_second
+        _recur_compiled(
+            float_size, layer_input.ctypes.data, features, packed_ih.ctypes.data, _size(packed_ih, float_size),
+            biases_ih[direction].ctypes.data, biases_hh[direction].ctypes.data, project_steps,
+            packed_hh.ctypes.data, _size(packed_hh, float_size), packed_hr.ctypes.data, _size(packed_hr, float_size),
+            h0[direction].ctypes.data, c0[direction].ctypes.data, hidden.ctypes.data, gates.ctypes.data,
+            cells.ctypes.data, unprojected.ctypes.data, keep, steps, batch, first, rows, hidden_size, output_size,
+            projected, directions, direction, h_n[direction].ctypes.data, c_n[direction].ctypes.data,
+        )
+
+
+def _backward_layer(
+    float_size, layer_input, features, directions, weights_ih, weights_hh, weights_hr, h0, c0, hidden, gates, cells,
+    unprojected, grad_hidden, grad_h_n, grad_c_n, grad_h0, grad_c0, steps, batch, hidden_size, output_size,
+    projected, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, grads_weight_hr, has_bias,
+    grad_input, pieces, blas_single_threaded,
+):
+    """Backpropagate one layer: through time by batch pieces, then the whole-sequence
+    products (weight gradients, bias sums, the input gradient) by direction and row ranges."""
+    gate_size = GATES * hidden_size
+    gate_ld = directions * gate_size
+    packed_hh_first, packed_hh_second = pack_pair(float_size, weights_hh, directions, gate_size, output_size, False)
+    packed_hr_first, packed_hr_second = packed_hh_first, packed_hh_second
+    if projected:
+        packed_hr_first, packed_hr_second = pack_pair(
+            float_size, weights_hr, directions, output_size, hidden_size, False
+        )
+    tasks = directions * pieces
+    for task in prange(tasks):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        packed_hh = packed_hh_first if direction == 0 else packed_hh_second
+        packed_hr = packed_hr_first if direction == 0 else packed_hr_second
+        _backpropagate_compiled(
+            float_size, packed_hh.ctypes.data, _size(packed_hh, float_size), packed_hr.ctypes.data,
+            _size(packed_hr, float_size), c0[direction].ctypes.data, gates.ctypes.data, cells.ctypes.data,
+            grad_hidden.ctypes.data, grad_h_n[direction].ctypes.data, grad_c_n[direction].ctypes.data, steps,
+            batch, first, rows, hidden_size, output_size, projected, directions, direction,
+            grad_h0[direction].ctypes.data, grad_c0[direction].ctypes.data,
+        )
+    sequence_rows = steps * batch
+    if projected:
+        # In a loop of its own: inside the loop below, numba's threaded build of this
+        # conditional product gave wrong input and weight gradients.
+        for direction in prange(directions):
+            accumulate_product(
+                float_size, grad_hidden, direction * output_size, directions * output_size, unprojected,
+                direction * hidden_size, directions * hidden_size, sequence_rows, output_size, hidden_size,
+                grads_weight_hr[direction], 0, hidden_size,
+            )
+    for task in prange(tasks):
+        direction = task // pieces
+        first_unit, units = piece(gate_size, pieces, task % pieces)
+        column = direction * gate_size
+        accumulate_product(
+            float_size, gates, column + first_unit, gate_ld, layer_input, 0, features, sequence_rows, units,
+            features, grads_weight_ih[direction], first_unit * features, features,
+        )
+        recurrent_weight_gradient(
+            float_size, gates, column, gate_ld, hidden, h0[direction], steps, batch, output_size,
+            directions * output_size, direction, first_unit, units, grads_weight_hh[direction],
+        )
+        if has_bias:
+            # Both biases enter the pre-activation additively, so they share one gradient.
+            column_sums(float_size, gates, column + first_unit, sequence_rows, units, gate_ld,
+                        grads_bias_ih[direction], first_unit)
+            column_sums(float_size, gates, column + first_unit, sequence_rows, units, gate_ld,
+                        grads_bias_hh[direction], first_unit)
+        # Every task also takes a share of the input gradient's rows, so the work balances.
+        first, rows = piece(sequence_rows, tasks, task)
+        for source in range(directions):
+            input_gradient(
+                float_size, gates, source * gate_size, gate_ld, weights_ih[source], gate_size, features, first,
+                rows, 0.0 if source == 0 else 1.0, grad_input,
+            )
+
+
+forward_layer = jit(_forward_layer)
+forward_layer_parallel = jit_parallel(_forward_layer)
+backward_layer = jit(_backward_layer)
+backward_layer_parallel = jit_parallel(_backward_layer)
+
+
+def saved_widths(spec) -> dict[str, int]:
+    """Per-step buffers training keeps besides every h_t, by name, in floats per direction."""
+    widths = {"gates": GATES * spec.hidden_size, "cells": spec.hidden_size}
+    if spec.proj_size:
+        widths["unprojected"] = spec.hidden_size
+    return widths
+
+
+def _saved(call, name):
+    """A saved buffer as flat bytes, or an empty one: one array type either way, so
+    training and inference share one compilation."""
+    buffer = call.saved.get(name)
+    return buffer.reshape(-1) if buffer is not None else _EMPTY
+
+
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+def forward(call, finals) -> None:
+    """Run one layer (a ``LayerCall``); ``finals`` is (h_n, c_n) of its directions."""
+    spec, params = call.spec, call.params
+    keep = bool(call.saved)
+    _parallel.run_kernel(
+        forward_layer, forward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
+        params["weight_hr"], call.initial[0], call.initial[1], call.hidden, _saved(call, "gates"),
+        _saved(call, "cells"), _saved(call, "unprojected"), keep, call.steps, call.batch, spec.hidden_size,
+        spec.output_size, spec.proj_size > 0, finals[0], finals[1],
+    )
+
+
+def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
+    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` and the saved gates are consumed in place."""
+    spec, params = call.spec, call.params
+    _parallel.run_kernel(
+        backward_layer, backward_layer_parallel, call.pieces, call.float_size, call.layer_input, call.features,
+        spec.directions, params["weight_ih"], params["weight_hh"], params["weight_hr"], call.initial[0],
+        call.initial[1], call.hidden, _saved(call, "gates"), _saved(call, "cells"), _saved(call, "unprojected"),
+        grad_hidden, grad_finals[0], grad_finals[1], grad_initials[0], grad_initials[1], call.steps, call.batch,
+        spec.hidden_size, spec.output_size, spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
+        grads["bias_ih"], grads["bias_hh"], grads["weight_hr"], spec.bias, grad_input,
+    )
