@@ -327,8 +327,9 @@ def test_eval_and_training_calls_give_the_same_states(module, kind):
     cell.eval()
     evaluated = call(cell, loop.xs[0], loop.initial)
 
+    # Inference may take another kernel path than training, summing in another order.
     for value, other in zip(trained, evaluated, strict=True):
-        np.testing.assert_array_equal(value, other)
+        np.testing.assert_allclose(value, other, **VALUE_TOLERANCES["float64"])
 
 
 @KINDS
