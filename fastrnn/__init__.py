@@ -2,7 +2,9 @@
 
 from . import functional, reference, testing
 from ._parallel import get_num_threads, set_num_threads
+from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
-__all__ = ["GRU", "LSTM", "RNN", "functional", "get_num_threads", "reference", "set_num_threads", "testing"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "functional", "get_num_threads", "reference",
+           "set_num_threads", "testing"]
 __version__ = "0.1.0"

@@ -97,7 +97,7 @@ def _state_names(spec: StackSpec, prefix: str, suffix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}{name}{suffix}" for name in spec.kind.states)
 
 
-def _split_states(spec: StackSpec, value: Any, what: str) -> tuple[Any, ...]:
+def _split_states(spec: StackSpec, value: Any, what: str, names: tuple[str, ...]) -> tuple[Any, ...]:
     """The caller's state argument as one entry per state: a lone array, or a pair for LSTM."""
     count = len(spec.kind.states)
     if count == 1:
@@ -105,8 +105,7 @@ def _split_states(spec: StackSpec, value: Any, what: str) -> tuple[Any, ...]:
     if value is None:
         return (None,) * count
     if not isinstance(value, (tuple, list)) or len(value) != count:
-        names = ", ".join(_state_names(spec, "", "_0"))
-        raise TypeError(f"expected {what} as a tuple ({names}) or None, got {type(value).__name__}")
+        raise TypeError(f"expected {what} as a tuple ({', '.join(names)}) or None, got {type(value).__name__}")
     return tuple(value)
 
 
@@ -146,7 +145,7 @@ def run_forward(
     dtype = x_time_major.dtype
     names = ("hx",) if len(spec.kind.states) == 1 else _state_names(spec, "", "_0")
     notes = ("",) * len(names)
-    initial = _time_major_states(spec, _split_states(spec, hx, "hx"), names, layout, dtype, notes)
+    initial = _time_major_states(spec, _split_states(spec, hx, "hx", names), names, layout, dtype, notes)
     output, finals, state = engine.forward(
         spec, x_time_major, initial, params, dropout, training, requires_grad, generator
     )
@@ -176,7 +175,7 @@ def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads:
     grad_time_major = np.array(layout.to_time_major(grad), dtype=saved.dtype, order="C", copy=True)
     names = _state_names(spec, "grad_", "_n")
     grad_states = _time_major_states(
-        spec, _split_states(spec, grad_finals, "the final states' gradient"), names, layout, saved.dtype,
+        spec, _split_states(spec, grad_finals, "the final states' gradient", names), names, layout, saved.dtype,
         _state_names(spec, " (", "_n's)"),
     )
     if grads is None:

@@ -46,10 +46,11 @@ def check_dtype(value: Any) -> np.dtype:
     return dtype
 
 
-def as_array(name: str, value: Any, dtype: np.dtype | None) -> np.ndarray:
+def as_array(name: str, value: Any, dtype: np.dtype | None, owner: str = "layer") -> np.ndarray:
     """View ``value`` as an ndarray without copying or casting; reject what does not fit.
 
     ``dtype=None`` accepts either float dtype (the functional API takes it from ``x``).
+    ``owner`` names what has ``dtype`` in the message (the layer, the cell).
     """
     if isinstance(value, np.ndarray):
         array = value
@@ -66,8 +67,8 @@ def as_array(name: str, value: Any, dtype: np.dtype | None) -> np.ndarray:
         raise TypeError(f"{name} must be an array of dtype {wanted}, got dtype {array.dtype}")
     if dtype is not None and array.dtype != dtype:
         raise TypeError(
-            f"{name} has dtype {array.dtype} but the layer's dtype is {dtype}; "
-            f"convert it with .astype(np.{dtype}) or build the layer with dtype=np.{array.dtype}"
+            f"{name} has dtype {array.dtype} but the {owner}'s dtype is {dtype}; "
+            f"convert it with .astype(np.{dtype}) or build the {owner} with dtype=np.{array.dtype}"
         )
     return array
 
@@ -125,11 +126,12 @@ def spec_from_params(params: Mapping[str, Any], cell: str) -> tuple[StackSpec, d
 
 
 def check_state_dict(
-    expected: StackSpec | Mapping[str, tuple[int, ...]], params: Mapping[str, Any], dtype: np.dtype | None
+    expected: StackSpec | Mapping[str, tuple[int, ...]], params: Mapping[str, Any], dtype: np.dtype | None,
+    owner: str = "layer",
 ) -> dict[str, np.ndarray]:
     """Return the parameters as ndarrays; raise naming any missing, extra or mis-shaped entry.
 
-    ``expected`` is a spec, or the parameter shapes by name.
+    ``expected`` is a spec, or the parameter shapes by name; ``owner`` names what they belong to.
     """
     if isinstance(expected, StackSpec):
         expected = expected.parameter_shapes()
@@ -153,7 +155,7 @@ def check_state_dict(
             problems.append(f"{name!r} expected shape {shape}, got {array.shape}")
         arrays[name] = array
     if problems:
-        raise ValueError("state dict does not match the layer: " + "; ".join(problems))
+        raise ValueError(f"state dict does not match the {owner}: " + "; ".join(problems))
     for name, array in arrays.items():
         if dtype is None:
             if array.dtype not in FLOAT_DTYPES:
@@ -163,14 +165,19 @@ def check_state_dict(
     return arrays
 
 
-def check_gradient_buffers(spec: StackSpec, grads: Any, dtype: np.dtype) -> None:
+def check_gradient_buffers(
+    expected: StackSpec | Mapping[str, tuple[int, ...]], grads: Any, dtype: np.dtype
+) -> None:
     """The arrays backward accumulates parameter gradients into, such as a layer's ``grads``.
 
     The kernels write into them in place, by address, so anything else is refused here.
+    ``expected`` is a spec, or the parameter shapes by name (a cell's own names).
     """
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays keyed by parameter name, got {type(grads).__name__}")
-    for name, shape in spec.parameter_shapes().items():
+    if isinstance(expected, StackSpec):
+        expected = expected.parameter_shapes()
+    for name, shape in expected.items():
         if name not in grads:
             raise ValueError(f"grads must hold an array for every parameter; {name!r} is missing")
         array = grads[name]

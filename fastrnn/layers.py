@@ -36,6 +36,8 @@ class Parameters:
     ``zero_grad``, ``train``/``eval``, ``dtype``, and every parameter as an attribute.
     """
 
+    _owner_name = "layer"  # what error messages call the object
+
     def _init_parameters(self, spec: StackSpec, dtype: DTypeLike, seed: int | None) -> None:
         self.spec = spec
         self.dtype = check_dtype(dtype)
@@ -70,7 +72,7 @@ class Parameters:
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
-        arrays = check_state_dict(self._parameter_shapes(), state_dict, self.dtype)
+        arrays = check_state_dict(self._parameter_shapes(), state_dict, self.dtype, self._owner_name)
         for name, array in arrays.items():
             np.copyto(self._params[name], array, casting="unsafe")
 

@@ -5,11 +5,11 @@ Use it as an oracle in tests and as the baseline in benchmarks.
 
 from __future__ import annotations
 
-from . import _reference_engine, layers
+from . import _reference_engine, cells, layers
 from ._functional_api import bind
 
-__all__ = ["GRU", "LSTM", "RNN", "gru_backward", "gru_forward", "lstm_backward", "lstm_forward", "rnn_backward",
-           "rnn_forward"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "gru_backward", "gru_forward", "lstm_backward",
+           "lstm_forward", "rnn_backward", "rnn_forward"]
 
 
 class RNN(layers.RNN):
@@ -26,6 +26,24 @@ class LSTM(layers.LSTM):
 
 class GRU(layers.GRU):
     """``fastrnn.GRU`` computed step by step in NumPy."""
+
+    _engine = _reference_engine
+
+
+class RNNCell(cells.RNNCell):
+    """``fastrnn.RNNCell`` computed in NumPy."""
+
+    _engine = _reference_engine
+
+
+class LSTMCell(cells.LSTMCell):
+    """``fastrnn.LSTMCell`` computed in NumPy."""
+
+    _engine = _reference_engine
+
+
+class GRUCell(cells.GRUCell):
+    """``fastrnn.GRUCell`` computed in NumPy."""
 
     _engine = _reference_engine
 

@@ -1,4 +1,4 @@
-"""Gradient checking for fastrnn layers and functional calls.
+"""Gradient checking for fastrnn layers, cells and functional calls.
 
 Example, inside a user's test::
 
@@ -10,7 +10,8 @@ Example, inside a user's test::
 The check compares ``backward`` against central differences of ``forward`` for the
 scalar loss ``sum(output * G) + sum(h_n * G_h)`` (LSTM: ``+ sum(c_n * G_c)``), with fixed
 random ``G``, ``G_h`` and ``G_c``, for the input, the initial states and every parameter.
-It needs float64.
+A cell's call is one step whose output is its new state: its loss is ``sum(h_1 * G_h)``
+(LSTM: ``+ sum(c_1 * G_c)``). It needs float64.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .cells import _Cell
 
 __all__ = ["GradcheckError", "GradcheckResult", "gradcheck"]
 
@@ -65,6 +68,24 @@ def _layer_calls(layer, x, hx):
     if layer.dtype != np.float64:
         raise TypeError(f"gradcheck needs a float64 layer for central differences, got {layer.dtype}")
     return forward, backward, layer.state_dict()
+
+
+def _cell_calls(cell):
+    """Forward/backward closures over one step of a cell, whose new states are all it returns."""
+    no_output = np.zeros(0)
+
+    def forward(inputs, keep):
+        finals = cell.forward(inputs["input"], _from_states(inputs["states"]), requires_grad=keep)
+        return no_output, _as_states(finals)
+
+    def backward(grad_output, grad_finals):
+        cell.zero_grad()
+        grad_x, grad_initials = cell.backward(_from_states(grad_finals))
+        return grad_x, _as_states(grad_initials), cell.grads
+
+    if cell.dtype != np.float64:
+        raise TypeError(f"gradcheck needs a float64 cell for central differences, got {cell.dtype}")
+    return forward, backward, cell.state_dict()
 
 
 def _functional_calls(module, cell, params, options):
@@ -113,10 +134,12 @@ def gradcheck(
     """Check ``target``'s gradients against central differences in float64.
 
     ``target`` is a layer (``fastrnn.RNN``, ``LSTM``, ``GRU`` or their ``fastrnn.reference``
-    twins) or a functional module (``fastrnn.functional``, ``fastrnn.reference``); the
-    latter also needs ``params``, runs ``{cell}_forward``/``{cell}_backward`` (``cell`` one
-    of ``"rnn"``, ``"lstm"``, ``"gru"``) and takes the functional keyword ``options``
-    (``nonlinearity``, ``batch_first``, ``dropout``, ``training``, ``generator``).
+    twins), a cell (``fastrnn.RNNCell``, ``LSTMCell``, ``GRUCell`` or their twins; ``x`` is
+    then one step, (B, I) or (I,)) or a functional module (``fastrnn.functional``,
+    ``fastrnn.reference``); the latter also needs ``params``, runs ``{cell}_forward``/
+    ``{cell}_backward`` (``cell`` one of ``"rnn"``, ``"lstm"``, ``"gru"``) and takes the
+    functional keyword ``options`` (``nonlinearity``, ``batch_first``, ``dropout``,
+    ``training``, ``generator``).
     ``hx`` is what the forward takes: an array, or LSTM's pair ``(h_0, c_0)``.
 
     Returns the worst absolute and relative error per tensor, keyed ``"input"``, the
@@ -125,7 +148,11 @@ def gradcheck(
     ``atol + rtol * |numeric|``, unless ``raise_on_failure`` is false.
     """
     x = np.array(x, dtype=np.float64)
-    if hasattr(target, "backward") and hasattr(target, "state_dict"):
+    if isinstance(target, _Cell):
+        if params is not None or options:
+            raise TypeError("gradcheck of a cell takes no params or functional options")
+        forward, backward, tensors = _cell_calls(target)
+    elif hasattr(target, "backward") and hasattr(target, "state_dict"):
         if params is not None or options:
             raise TypeError("gradcheck of a layer takes no params or functional options")
         forward, backward, tensors = _layer_calls(target, x, hx)
@@ -135,12 +162,13 @@ def gradcheck(
         forward, backward, tensors = _functional_calls(target, cell, params, options)
     else:
         raise TypeError(
-            "gradcheck target must be a layer or a module with rnn_forward/rnn_backward, "
+            "gradcheck target must be a layer or a module with rnn_forward/rnn_backward, or a cell, "
             f"got {type(target).__name__}"
         )
     given = _as_states(hx) if hx is not None else None
     states = None if given is None else tuple(None if s is None else np.array(s, dtype=np.float64) for s in given)
-    output, finals = forward({"input": x, "states": states}, True)
+    # Only the shapes are needed here, so nothing is kept for backward.
+    output, finals = forward({"input": x, "states": states}, False)
     # Check the initial states too: differentiate at the zeros they default to.
     states = tuple(np.zeros_like(final) if states is None or states[i] is None else states[i]
                    for i, final in enumerate(finals))
