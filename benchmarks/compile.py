@@ -1,5 +1,5 @@
 """The first call in a fresh process: import, compile the kernels or load them, one step;
-and the time to compile every kernel variant an Elman RNN can need.
+and the time to compile every kernel variant a cell can need, for each cell kind.
 
 numba keeps compiled kernels on disk, in ``NUMBA_CACHE_DIR`` when it is set. A user's first
 training step therefore pays for a full compile (cold cache) or for loading the cached
@@ -18,21 +18,23 @@ import tempfile
 # The clock starts before numpy and fastrnn are imported (a user waits for those too) and
 # stops after the first backward, leaving out the interpreter's own start-up.
 FIRST_CALL_SCRIPT = """
+import sys
 import time
 start = time.perf_counter()
 import numpy as np
 import fastrnn
-rnn = fastrnn.RNN(8, 16, num_layers=2, bidirectional=True, seed=0)
-output, _ = rnn(np.ones((4, 2, 8), dtype=np.float32))
-rnn.backward(np.ones_like(output))
+layer = getattr(fastrnn, sys.argv[1])(8, 16, num_layers=2, bidirectional=True, seed=0)
+output, _ = layer(np.ones((4, 2, 8), dtype=np.float32))
+layer.backward(np.ones_like(output))
 print(time.perf_counter() - start)
 """
+CELLS = {"rnn_tanh": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
-def first_call_seconds(cache_dir: str) -> float:
+def first_call_seconds(cache_dir: str, cell: str = "rnn_tanh") -> float:
     """Seconds to the end of the first forward and backward of a new process."""
     completed = subprocess.run(
-        [sys.executable, "-c", FIRST_CALL_SCRIPT],
+        [sys.executable, "-W", "ignore", "-c", FIRST_CALL_SCRIPT, CELLS[cell]],
         env=dict(os.environ, NUMBA_CACHE_DIR=cache_dir),
         stdout=subprocess.PIPE,
         text=True,
@@ -42,63 +44,57 @@ def first_call_seconds(cache_dir: str) -> float:
 
 
 class FirstCall:
-    """Import plus the first training step, with numba's on-disk cache empty or filled."""
+    """Import plus the first float32 training step of a cell, with numba's on-disk cache empty or filled."""
 
-    params = [["cold", "warm"]]
-    param_names = ["cache"]
+    params = [list(CELLS), ["cold", "warm"]]
+    param_names = ["cell", "cache"]
     unit = "s"
-    timeout = 300  # a cold compile takes seconds, more on a busy machine
+    timeout = 600  # a cold compile takes seconds, more on a busy machine
 
-    def setup(self, cache):
+    def setup(self, cell, cache):
         self.cache_dir = tempfile.mkdtemp(prefix="fastrnn-numba-cache-")
         if cache == "warm":
-            first_call_seconds(self.cache_dir)
+            first_call_seconds(self.cache_dir, cell)
 
-    def teardown(self, cache):
+    def teardown(self, cell, cache):
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
-    def track_first_call(self, cache):
-        return first_call_seconds(self.cache_dir)
+    def track_first_call(self, cell, cache):
+        return first_call_seconds(self.cache_dir, cell)
 
 
-# Every kernel an Elman RNN can need: both dtypes, one and two directions, on the calling
-# thread and (for a layer with T*B*H*H of 4M or more) on numba's threads, training and
-# inference. tanh and relu share their kernels, so one nonlinearity covers both.
+# Every kernel variant a cell can need, as ``python -m fastrnn compile`` builds them: both
+# dtypes, on the calling thread and on numba's threads, training and inference.
 COMPILE_EVERYTHING_SCRIPT = """
+import io
+import sys
 import time
 start = time.perf_counter()
-import numpy as np
-import fastrnn
-for dtype in (np.float32, np.float64):
-    for bidirectional in (False, True):
-        for steps, batch, hidden in ((3, 2, 8), (4, 16, 256)):
-            rnn = fastrnn.RNN(4, hidden, num_layers=2, bidirectional=bidirectional, dtype=dtype, seed=0)
-            x = np.ones((steps, batch, 4), dtype=dtype)
-            output, _ = rnn(x)
-            rnn.backward(np.ones_like(output))
-            rnn.eval()
-            rnn(x)
+from fastrnn._warmup import compile_kernels
+compile_kernels([sys.argv[1]], ["float32", "float64"], progress=io.StringIO())
 print(time.perf_counter() - start)
 """
 
 
 class CompileEverything:
-    """Import plus compiling every Elman kernel variant, with numba's on-disk cache empty."""
+    """Import plus compiling every kernel variant of a cell, with numba's on-disk cache empty."""
 
+    params = [list(CELLS)]
+    param_names = ["cell"]
     unit = "s"
-    timeout = 600
+    timeout = 900
     number = 1
     repeat = 1
 
-    def setup(self):
+    def setup(self, cell):
         self.cache_dir = tempfile.mkdtemp(prefix="fastrnn-numba-cache-")
 
-    def teardown(self):
+    def teardown(self, cell):
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
-    def track_compile_everything(self):
+    def track_compile_everything(self, cell):
         completed = subprocess.run(
-            [sys.executable, "-c", COMPILE_EVERYTHING_SCRIPT],
+            [sys.executable, "-W", "ignore", "-c", COMPILE_EVERYTHING_SCRIPT, cell],
             env=dict(os.environ, NUMBA_CACHE_DIR=self.cache_dir),
             stdout=subprocess.PIPE,
             text=True,

@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--readme", help="replace the table between the bench-table markers in this Markdown file"
     )
+    warmup = commands.add_parser("compile", help="compile every kernel variant ahead of time, into numba's cache")
+    warmup.add_argument("--cell", help="comma-separated cells (rnn_tanh, lstm, gru); default: all")
+    warmup.add_argument("--dtype", help="comma-separated dtypes (float32, float64); default: both")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "compile":
+        from ._warmup import main as compile_main
+
+        return compile_main(args.cell, args.dtype)
     if args.command == "bench":
         from .bench import main as bench_main
 

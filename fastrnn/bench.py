@@ -272,21 +272,47 @@ README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
 
 
+def readme_markers(cell: str = "rnn_tanh") -> tuple[str, str]:
+    """The markers around one cell's table: the Elman cell's are the plain ones."""
+    if cell in ("rnn_tanh", "rnn_relu"):
+        return README_START, README_END
+    return f"<!-- bench-table:{cell}:start -->", f"<!-- bench-table:{cell}:end -->"
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the widest vector ISA numba compiles for on it."""
+    import llvmlite.binding as llvm
+
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    features = llvm.get_host_cpu_features()
+    isa = "AVX-512" if features.get("avx512f") else "AVX2, no AVX-512" if features.get("avx2") else "no AVX2"
+    return f"{model} ({llvm.get_host_cpu_name()}, {isa})"
+
+
 def _machine_line() -> str:
     import numba
 
-    return (f"{available_cores()} cores; numpy {np.__version__}, numba {numba.__version__}; "
+    return (f"{cpu_description()}, {available_cores()} cores; numpy {np.__version__}, numba {numba.__version__}; "
             "BLAS variables unset (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`).")
 
 
-def update_readme(path: str, command: str, table: str) -> None:
-    """Put the command and its table between the bench-table markers of a Markdown file."""
+def update_readme(path: str, command: str, table: str, cell: str = "rnn_tanh") -> None:
+    """Put the command and its table between the cell's bench-table markers of a Markdown file."""
+    start_marker, end_marker = readme_markers(cell)
     with open(path) as handle:
         text = handle.read()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"{path} needs the markers {README_START!r} and {README_END!r}, in that order")
-    block = f"{README_START}\nProduced by `{command}`:\n\n{table}\n"
+        raise ValueError(f"{path} needs the markers {start_marker!r} and {end_marker!r}, in that order")
+    block = f"{start_marker}\nProduced by `{command}`:\n\n{table}\n"
     with open(path, "w") as handle:
         handle.write(text[:start] + block + text[end:])
 
@@ -340,7 +366,7 @@ def main(args) -> int:
         command = f"python -m fastrnn bench --peers {args.peers} --dtype {args.dtype} --cell {args.cell}"
         if args.shapes:
             command += f' --shapes "{args.shapes}"'
-        update_readme(args.readme, command, table + f"\n\n{_machine_line()}")
+        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", args.cell)
         print(f"updated {args.readme}")
     if args.plot:
         try:

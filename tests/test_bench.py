@@ -124,9 +124,36 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert "Produced by `python -m fastrnn bench`:\n\n| new |\n" in text
 
 
+def test_update_readme_puts_each_cell_between_its_own_markers(tmp_path):
+    path = tmp_path / "README.md"
+    lstm_start, lstm_end = bench.readme_markers("lstm")
+    path.write_text(f"{bench.README_START}\nrnn\n{bench.README_END}\n{lstm_start}\nold lstm\n{lstm_end}\n")
+    bench.update_readme(str(path), "cmd", "| lstm |", "lstm")
+    text = path.read_text()
+    assert "old lstm" not in text and "| lstm |" in text
+    assert f"{bench.README_START}\nrnn\n{bench.README_END}" in text
+
+
 def test_update_readme_without_markers_is_an_error(tmp_path):
     path = tmp_path / "README.md"
     path.write_text("no markers here\n")
     with pytest.raises(ValueError, match="needs the markers"):
         bench.update_readme(str(path), "cmd", "table")
     assert path.read_text() == "no markers here\n"
+
+
+def test_compile_command_builds_the_variants_it_names(capsys):
+    from fastrnn._cli import main
+
+    assert main(["compile", "--cell", "gru", "--dtype", "float64"]) == 0
+    captured = capsys.readouterr()
+    assert "compiled 2 variants" in captured.out
+    assert "2/2 done" in captured.err
+    assert "gru float64 threaded" in captured.err
+
+
+def test_compile_command_refuses_an_unknown_cell():
+    from fastrnn._cli import main
+
+    with pytest.raises(SystemExit, match="unknown cell 'elman'; expected some of rnn_tanh, lstm, gru"):
+        main(["compile", "--cell", "elman"])
