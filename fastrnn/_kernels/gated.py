@@ -75,7 +75,7 @@ def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, 
         )
 
 
-@jit_inline
+@jit_helper  # not inlined: numba's inliner mislabels the scope of its branch-local offsets
 def recurrent_weight_gradient(
     float_size, dz, dz_offset, dz_ld, hidden, h0, steps, batch, output_size, width, direction, first_unit, units,
     grad_weight_hh,

@@ -46,6 +46,7 @@ class _Export:
 
 
 _exports: list[_Export] = []  # in declaration order: an export's callees are declared before it
+_ready: set[str] = set()  # dtypes whose declared exports are all compiled; a new declaration clears it
 _compile_lock = threading.RLock()
 
 
@@ -70,6 +71,7 @@ def export(name: str, function: Callable, **arguments: str) -> Callable:
         return tuple(_argument_type(kind, scalar) for kind in kinds)
 
     _exports.append(_Export(name, function, argument_types))
+    _ready.clear()
     externals = {}
     for dtype_name in FLOAT_TYPES:
         as_called = [types.voidptr if kind == ARRAY else types.int64 for kind in kinds]
@@ -105,7 +107,7 @@ def ensure_compiled(dtype) -> None:
     declares nothing.
     """
     dtype_name = np.dtype(dtype).name
-    if all(dtype_name in item.compiled for item in _exports):
+    if dtype_name in _ready:
         return
     with _compile_lock:
         scalar = FLOAT_TYPES[dtype_name]
@@ -115,3 +117,4 @@ def ensure_compiled(dtype) -> None:
                 compiled = cfunc(signature, cache=True, error_model="numpy")(item.function)
                 llvm_binding.add_symbol(_symbol(item.name, dtype_name), compiled.address)
                 item.compiled[dtype_name] = compiled
+        _ready.add(dtype_name)
