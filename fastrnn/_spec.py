@@ -20,7 +20,7 @@ class StackSpec:
     bidirectional: bool
     proj_size: int = 0
 
-    @property
+    @cached_property
     def kind(self) -> CellKind:
         return CELL_KINDS[self.cell]
 
@@ -28,16 +28,16 @@ class StackSpec:
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    @property
+    @cached_property
     def gate_size(self) -> int:
         return self.kind.gates * self.hidden_size
 
-    @property
+    @cached_property
     def output_size(self) -> int:
         """Width of ``h`` per direction: ``proj_size`` when projected, else ``hidden_size``."""
         return self.proj_size or self.hidden_size
 
-    @property
+    @cached_property
     def state_sizes(self) -> tuple[int, ...]:
         """Width of each state of ``kind.states``: ``h`` is ``output_size``, any other ``hidden_size``."""
         return tuple(self.output_size if name == "h" else self.hidden_size for name in self.kind.states)
@@ -50,7 +50,7 @@ class StackSpec:
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.directions * self.output_size
 
-    @property
+    @cached_property
     def parameter_kinds(self) -> tuple[str, ...]:
         """The parameter kinds each layer-direction has, in torch's order."""
         kinds = ("weight_ih", "weight_hh")

@@ -78,35 +78,49 @@ def _kernel_array(array: np.ndarray) -> np.ndarray:
     return array.view(np.uint8)
 
 
-def _pairs(spec: StackSpec, layer: int, flat, absent) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``flat(name)`` of every parameter kind of one layer, as a pair over its directions.
+def _pairs(spec: StackSpec, layer: int, arrays, flat, absent) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``flat(arrays[name])`` of every parameter kind of one layer, as a pair over its directions.
 
     The kernels take one array per direction as a pair; a single direction fills both
-    slots. Kinds the layer lacks (biases, ``weight_hr``) get ``absent(kind)`` in both.
+    slots. Kinds the layer lacks (biases, ``weight_hr``) get ``absent[kind]`` in both.
     """
     pairs = {}
     for kind, names in spec.kind_names(layer).items():
-        first = flat(names[0])
-        pairs[kind] = (first, flat(names[1])) if len(names) == 2 else (first, first)
-    for kind in ("bias_ih", "bias_hh", "weight_hr"):
+        first = flat(arrays[names[0]])
+        pairs[kind] = (first, flat(arrays[names[1]])) if len(names) == 2 else (first, first)
+    for kind in _OPTIONAL_KINDS:
         if kind not in pairs:
-            pairs[kind] = (absent(kind),) * 2
+            pairs[kind] = absent[kind]
     return pairs
+
+
+_OPTIONAL_KINDS = ("bias_ih", "bias_hh", "weight_hr")
+_absent_arrays: dict[tuple[int, np.dtype, bool], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _absent(gate_size: int, dtype: np.dtype, for_gradients: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What the kernels get for parameter kinds a layer lacks, made once per size and dtype
+    (the kernels never write to them): zero biases, which they add unconditionally, and
+    empty arrays for the rest and for every gradient."""
+    key = (gate_size, dtype, for_gradients)
+    absent = _absent_arrays.get(key)
+    if absent is None:
+        empty = as_bytes(np.zeros(0, dtype=dtype))
+        zeros = empty if for_gradients else as_bytes(np.zeros(gate_size, dtype=dtype))
+        absent = {"bias_ih": (zeros, zeros), "bias_hh": (zeros, zeros), "weight_hr": (empty, empty)}
+        _absent_arrays[key] = absent
+    return absent
 
 
 def layer_parameters(spec: StackSpec, params, layer: int, dtype) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every parameter kind of one layer as byte pairs. Absent biases are zeros, so the
     kernels add them unconditionally; an absent ``weight_hr`` is empty."""
-    zeros = as_bytes(np.zeros(spec.gate_size, dtype=dtype))
-    empty = as_bytes(np.zeros(0, dtype=dtype))
-    return _pairs(spec, layer, lambda name: _kernel_array(params[name]),
-                  lambda kind: empty if kind == "weight_hr" else zeros)
+    return _pairs(spec, layer, params, _kernel_array, _absent(spec.gate_size, dtype, False))
 
 
 def gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The gradients of one layer, paired like ``layer_parameters``; empty for absent kinds."""
-    empty = as_bytes(np.zeros(0, dtype=dtype))
-    return _pairs(spec, layer, lambda name: as_bytes(grads[name]), lambda kind: empty)
+    return _pairs(spec, layer, grads, as_bytes, _absent(spec.gate_size, dtype, True))
 
 
 def pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:

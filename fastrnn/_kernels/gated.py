@@ -23,6 +23,25 @@ def saved_bytes(call, name: str) -> np.ndarray:
     return buffer.reshape(-1) if buffer is not None else _EMPTY
 
 
+# Inference projects the whole sequence's inputs with one GEMM per direction, as training
+# does, when that buffer stays this small; past it, step by step into O(B * G * H) scratch.
+# At (T, B, I, H) = (100, 1, 32, 64) the LSTM steps each read 64 KiB of W_ih and W_hh from
+# L2 when projecting step by step, half of it for the projection.
+INFERENCE_PROJECTION_BYTES = 16 * 2**20
+
+
+def inference_gates(call, gates: int) -> np.ndarray:
+    """The buffer for an inference call's input projection (bytes), or the empty one.
+
+    Batch pieces project step by step anyway (their rows are not contiguous across steps).
+    """
+    spec = call.spec
+    nbytes = call.steps * call.batch * spec.directions * gates * spec.hidden_size * call.like.itemsize
+    if call.pieces > 1 or nbytes > INFERENCE_PROJECTION_BYTES:
+        return _EMPTY
+    return np.empty(nbytes, dtype=np.uint8)
+
+
 @jit_inline
 def packed_size(array, float_size):
     """The number of floats in a packed weight held as bytes."""

@@ -29,6 +29,7 @@ from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
     accumulate_product,
     column_sums,
+    inference_gates,
     input_gradient,
     packed_size,
     recurrent_weight_gradient,
@@ -44,13 +45,13 @@ GATES = 3
 @jit_helper
 def _recur(
     layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, gates, hidden_n, keep,
-    steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
+    gates_given, steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
 ):
     """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
 
     With ``project_steps`` each step first computes its own input projection from
-    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``keep`` the
-    gates and h W_hn^T + b_hn live in scratch.
+    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``gates_given`` the
+    gates, and without ``keep`` h W_hn^T + b_hn, live in scratch.
     """
     size = hidden_size
     gate_size = GATES * size
@@ -59,18 +60,20 @@ def _recur(
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
     products = np.empty(rows * gate_size, dtype=dtype)
     out_ld = directions * size
-    if keep:
+    if gates_given:
         gate_buffer, gate_ld = gates, directions * gate_size
-        n_buffer, n_ld = hidden_n, directions * size
     else:
         gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+    if keep:
+        n_buffer, n_ld = hidden_n, directions * size
+    else:
         n_buffer, n_ld = np.empty(rows * size, dtype=dtype), size
     previous, previous_at, previous_ld = h0, first_row * size, size
     reverse = direction == 1
     for s in range(steps):
         t = steps - 1 - s if reverse else s
         row_at = t * batch + first_row
-        gate_at = row_at * gate_ld + direction * gate_size if keep else 0
+        gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         n_at = row_at * n_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * size
         if project_steps:
@@ -174,7 +177,8 @@ def _backpropagate(
 
 def _recur_native(
     layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size, h0,
-    hidden, gates, hidden_n, keep, steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
+    hidden, gates, hidden_n, keep, gates_given, steps, batch, first_row, rows, hidden_size, directions, direction,
+    h_n,
 ):
     sequence = steps * batch * directions
     kept = sequence if keep else 0
@@ -182,7 +186,8 @@ def _recur_native(
         carray(layer_input, steps * batch * features), features, carray(packed_ih, packed_ih_size),
         carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
         carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
-        carray(gates, kept * GATES * hidden_size), carray(hidden_n, kept * hidden_size), keep != 0, steps, batch,
+        carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(hidden_n, kept * hidden_size),
+        keep != 0, gates_given != 0, steps, batch,
         first_row, rows, hidden_size, directions, direction, carray(h_n, batch * hidden_size),
     )
 
@@ -204,7 +209,8 @@ def _backpropagate_native(
 _recur_compiled = export(
     "gru_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
-    hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX,
+    hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, gates_given=INDEX, steps=INDEX, batch=INDEX,
+    first_row=INDEX, rows=INDEX,
     hidden_size=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY,
 )
 _backpropagate_compiled = export(
@@ -226,28 +232,32 @@ def _forward_layer(
     """
     float_size = like.itemsize
     gate_size = GATES * hidden_size
-    project_steps = blas_single_threaded or not keep
+    gates_given = gates.size > 0
+    # One GEMM per direction projects every step at once when a task runs a whole direction;
+    # batch pieces, whose rows are not contiguous across steps, project step by step.
+    hoisted = gates_given and pieces == 1
+    project_steps = not hoisted
     packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, gate_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
         packed_ih_first, packed_ih_second = pack_pair(like, weights_ih, directions, features, gate_size, True)
-    else:
-        for direction in range(directions):
+    for task in prange(directions * pieces):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        if hoisted:
             gemm_at(
                 float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
                 weights_ih[direction].ctypes.data, features, 0.0,
                 gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
             )
-    for task in prange(directions * pieces):
-        direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
         packed_ih = packed_ih_first if direction == 0 else packed_ih_second
         packed_hh = packed_hh_first if direction == 0 else packed_hh_second
         _recur_compiled(
             like, layer_input.ctypes.data, features, packed_ih.ctypes.data, packed_size(packed_ih, float_size),
             biases_ih[direction].ctypes.data, biases_hh[direction].ctypes.data, project_steps,
             packed_hh.ctypes.data, packed_size(packed_hh, float_size), h0[direction].ctypes.data, hidden.ctypes.data,
-            gates.ctypes.data, hidden_n.ctypes.data, keep, steps, batch, first, rows, hidden_size, directions,
+            gates.ctypes.data, hidden_n.ctypes.data, keep, gates_given, steps, batch, first, rows, hidden_size,
+            directions,
             direction, h_n[direction].ctypes.data,
         )
 
@@ -333,7 +343,8 @@ def forward(call, finals) -> None:
     _parallel.run_kernel(
         forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
-        call.initial[0], call.hidden, saved_bytes(call, "gates"), saved_bytes(call, "hidden_n"), bool(call.saved),
+        call.initial[0], call.hidden, saved_bytes(call, "gates") if call.saved else inference_gates(call, GATES),
+        saved_bytes(call, "hidden_n"), bool(call.saved),
         call.steps, call.batch, spec.hidden_size, finals[0],
     )
 

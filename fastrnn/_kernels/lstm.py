@@ -29,6 +29,7 @@ from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
     accumulate_product,
     column_sums,
+    inference_gates,
     input_gradient,
     packed_size,
     recurrent_weight_gradient,
@@ -44,27 +45,31 @@ GATES = 4
 @jit_helper
 def _recur(
     layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, packed_hr, h0, c0, hidden, gates,
-    cells, unprojected, keep, steps, batch, first_row, rows, hidden_size, output_size, projected, directions,
-    direction, h_n, c_n,
+    cells, unprojected, keep, gates_given, steps, batch, first_row, rows, hidden_size, output_size, projected,
+    directions, direction, h_n, c_n,
 ):
     """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
 
     With ``project_steps`` each step first computes its own input projection from
-    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``keep`` the
-    gates, cell state and o tanh(c) live in scratch, overwritten step after step.
+    ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``gates_given`` the
+    gates, and without ``keep`` the cell state and o tanh(c), live in scratch, overwritten
+    step after step.
     """
     size = hidden_size
     gate_size = GATES * size
     bias = bias_ih[:gate_size] + bias_hh[:gate_size]
+    bias_i, bias_f, bias_g, bias_o = bias[:size], bias[size : 2 * size], bias[2 * size : 3 * size], bias[3 * size :]
     dtype = hidden.dtype
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
     out_ld = directions * output_size
-    if keep:
+    if gates_given:
         gate_buffer, gate_ld = gates, directions * gate_size
+    else:
+        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+    if keep:
         cell_buffer, cell_ld = cells, directions * size
         unprojected_buffer = unprojected
     else:
-        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
         cell_buffer, cell_ld = np.empty(rows * size, dtype=dtype), size
         unprojected_buffer = np.empty(rows * size if projected else 0, dtype=dtype)
     previous, previous_at, previous_ld = h0, first_row * output_size, output_size
@@ -73,7 +78,7 @@ def _recur(
     for s in range(steps):
         t = steps - 1 - s if reverse else s
         row_at = t * batch + first_row
-        gate_at = row_at * gate_ld + direction * gate_size if keep else 0
+        gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         cell_at = row_at * cell_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * output_size
         if project_steps:
@@ -87,25 +92,31 @@ def _recur(
             gate_size, scratch,
         )
         for r in range(rows):
-            gate = gate_buffer[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            at = gate_at + r * gate_ld
+            # One view per gate block, each indexed from 0: LLVM vectorises the loop below
+            # over j, with the nonlinearities as plain arithmetic.
+            gate_i, gate_f = gate_buffer[at : at + size], gate_buffer[at + size : at + 2 * size]
+            gate_g, gate_o = gate_buffer[at + 2 * size : at + 3 * size], gate_buffer[at + 3 * size : at + gate_size]
             cell_before = cell_previous[cell_previous_at + r * cell_previous_ld :][:size]
             cell = cell_buffer[cell_at + r * cell_ld :][:size]
             if projected:
                 result = unprojected_buffer[cell_at + r * cell_ld :][:size]
             else:
                 result = hidden[out_at + r * out_ld :][:size]
+            # Loops of a few arrays each: with more, LLVM gives up the run-time checks that
+            # the views do not overlap, and with them the vector code.
             for j in range(size):
-                i = sigmoid(gate[j] + bias[j])
-                f = sigmoid(gate[size + j] + bias[size + j])
-                g = tanh(gate[2 * size + j] + bias[2 * size + j])
-                o = sigmoid(gate[3 * size + j] + bias[3 * size + j])
-                c = f * cell_before[j] + i * g
-                gate[j] = i
-                gate[size + j] = f
-                gate[2 * size + j] = g
-                gate[3 * size + j] = o
-                cell[j] = c
-                result[j] = o * tanh(c)
+                gate_i[j] = sigmoid(gate_i[j] + bias_i[j])
+            for j in range(size):
+                gate_f[j] = sigmoid(gate_f[j] + bias_f[j])
+            for j in range(size):
+                gate_g[j] = tanh(gate_g[j] + bias_g[j])
+            for j in range(size):
+                gate_o[j] = sigmoid(gate_o[j] + bias_o[j])
+            for j in range(size):
+                cell[j] = gate_f[j] * cell_before[j] + gate_i[j] * gate_g[j]
+            for j in range(size):
+                result[j] = gate_o[j] * tanh(cell[j])
         if projected:
             zero_rows(hidden, out_at, out_ld, rows, output_size)
             packed_product(
@@ -170,25 +181,30 @@ def _backpropagate(
         else:
             cell_before_buffer, cell_before_at, cell_before_ld = c0, first_row * size, size
         for r in range(rows):
-            gate = gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
-            grad_gate = grad_gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
+            at = gate_at + r * gate_ld
+            gate_i, gate_f = gates[at : at + size], gates[at + size : at + 2 * size]
+            gate_g, gate_o = gates[at + 2 * size : at + 3 * size], gates[at + 3 * size : at + gate_size]
+            grad_i, grad_f = grad_gates[at : at + size], grad_gates[at + size : at + 2 * size]
+            grad_g, grad_o = grad_gates[at + 2 * size : at + 3 * size], grad_gates[at + 3 * size : at + gate_size]
             cell = cells[cell_at + r * cell_ld :][:size]
             cell_before = cell_before_buffer[cell_before_at + r * cell_before_ld :][:size]
             grad_result = source[source_at + r * source_ld :][:size]
             carried = grad_cell[r * size : (r + 1) * size]
+            # Loops of a few arrays each, so that each is vector code (see ``_recur``).
             for j in range(size):
-                i = gate[j]
-                f = gate[size + j]
-                g = gate[2 * size + j]
-                o = gate[3 * size + j]
                 tanh_c = tanh(cell[j])
-                grad_m = grad_result[j]
-                grad_c = carried[j] + grad_m * o * (one - tanh_c * tanh_c)
-                grad_gate[j] = grad_c * g * i * (one - i)
-                grad_gate[size + j] = grad_c * cell_before[j] * f * (one - f)
-                grad_gate[2 * size + j] = grad_c * i * (one - g * g)
-                grad_gate[3 * size + j] = grad_m * tanh_c * o * (one - o)
-                carried[j] = grad_c * f
+                grad_o[j] = grad_result[j] * tanh_c * gate_o[j] * (one - gate_o[j])
+            for j in range(size):
+                tanh_c = tanh(cell[j])
+                carried[j] += grad_result[j] * gate_o[j] * (one - tanh_c * tanh_c)
+            for j in range(size):
+                grad_i[j] = carried[j] * gate_g[j] * gate_i[j] * (one - gate_i[j])
+            for j in range(size):
+                grad_g[j] = carried[j] * gate_i[j] * (one - gate_g[j] * gate_g[j])
+            for j in range(size):
+                grad_f[j] = carried[j] * cell_before[j] * gate_f[j] * (one - gate_f[j])
+            for j in range(size):
+                carried[j] *= gate_f[j]
         if s < steps - 1:
             earlier = t + 1 if reverse else t - 1
             target, target_at, target_ld = grad_hidden, (earlier * batch + first_row) * out_ld + \
@@ -205,7 +221,8 @@ def _backpropagate(
 
 def _recur_native(
     layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
-    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, steps, batch, first_row, rows,
+    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, gates_given, steps, batch, first_row,
+    rows,
     hidden_size, output_size, projected, directions, direction, h_n, c_n,
 ):
     sequence = steps * batch * directions
@@ -215,8 +232,9 @@ def _recur_native(
         carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
         carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(h0, batch * output_size),
         carray(c0, batch * hidden_size), carray(hidden, sequence * output_size),
-        carray(gates, kept * GATES * hidden_size), carray(cells, kept * hidden_size),
-        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, steps, batch, first_row, rows,
+        carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(cells, kept * hidden_size),
+        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, gates_given != 0, steps, batch,
+        first_row, rows,
         hidden_size, output_size, projected != 0, directions, direction, carray(h_n, batch * output_size),
         carray(c_n, batch * hidden_size),
     )
@@ -241,7 +259,8 @@ _recur_compiled = export(
     "lstm_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, h0=ARRAY, c0=ARRAY, hidden=ARRAY, gates=ARRAY, cells=ARRAY, unprojected=ARRAY,
-    keep=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX,
+    keep=INDEX, gates_given=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,
+    output_size=INDEX,
     projected=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
 )
 _backpropagate_compiled = export(
@@ -264,7 +283,11 @@ def _forward_layer(
     """
     float_size = like.itemsize
     gate_size = GATES * hidden_size
-    project_steps = blas_single_threaded or not keep
+    gates_given = gates.size > 0
+    # One GEMM per direction projects every step at once when a task runs a whole direction;
+    # batch pieces, whose rows are not contiguous across steps, project step by step.
+    hoisted = gates_given and pieces == 1
+    project_steps = not hoisted
     packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, output_size, gate_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
@@ -274,16 +297,15 @@ def _forward_layer(
         packed_hr_first, packed_hr_second = pack_pair(
             like, weights_hr, directions, hidden_size, output_size, True
         )
-    if not project_steps:
-        for direction in range(directions):
+    for task in prange(directions * pieces):
+        direction = task // pieces
+        first, rows = piece(batch, pieces, task % pieces)
+        if hoisted:
             gemm_at(
                 float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
                 weights_ih[direction].ctypes.data, features, 0.0,
                 gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
             )
-    for task in prange(directions * pieces):
-        direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
         first_direction = direction == 0
         packed_ih = packed_ih_first if first_direction else packed_ih_second
         packed_hh = packed_hh_first if first_direction else packed_hh_second
@@ -294,7 +316,8 @@ def _forward_layer(
             packed_hh.ctypes.data, packed_size(packed_hh, float_size), packed_hr.ctypes.data,
             packed_size(packed_hr, float_size),
             h0[direction].ctypes.data, c0[direction].ctypes.data, hidden.ctypes.data, gates.ctypes.data,
-            cells.ctypes.data, unprojected.ctypes.data, keep, steps, batch, first, rows, hidden_size, output_size,
+            cells.ctypes.data, unprojected.ctypes.data, keep, gates_given, steps, batch, first, rows, hidden_size,
+            output_size,
             projected, directions, direction, h_n[direction].ctypes.data, c_n[direction].ctypes.data,
         )
 
@@ -390,7 +413,8 @@ def forward(call, finals) -> None:
     _parallel.run_kernel(
         forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
-        params["weight_hr"], call.initial[0], call.initial[1], call.hidden, saved_bytes(call, "gates"),
+        params["weight_hr"], call.initial[0], call.initial[1], call.hidden,
+        saved_bytes(call, "gates") if keep else inference_gates(call, GATES),
         saved_bytes(call, "cells"), saved_bytes(call, "unprojected"), keep, call.steps, call.batch, spec.hidden_size,
         spec.output_size, spec.proj_size > 0, finals[0], finals[1],
     )

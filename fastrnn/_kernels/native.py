@@ -46,7 +46,7 @@ class _Export:
 
 
 _exports: list[_Export] = []  # in declaration order: an export's callees are declared before it
-_ready: set[str] = set()  # dtypes whose declared exports are all compiled; a new declaration clears it
+_ready: set[np.dtype] = set()  # dtypes whose declared exports are all compiled; a new declaration clears it
 _compile_lock = threading.RLock()
 
 
@@ -106,9 +106,11 @@ def ensure_compiled(dtype) -> None:
     compiles the float64 builds, and a cell whose kernel module is never imported
     declares nothing.
     """
-    dtype_name = np.dtype(dtype).name
-    if dtype_name in _ready:
+    # Called on every layer call: a set lookup by dtype (``dtype.name`` alone takes microseconds).
+    if dtype in _ready:
         return
+    dtype = np.dtype(dtype)
+    dtype_name = dtype.name
     with _compile_lock:
         scalar = FLOAT_TYPES[dtype_name]
         for item in _exports:
@@ -117,4 +119,4 @@ def ensure_compiled(dtype) -> None:
                 compiled = cfunc(signature, cache=True, error_model="numpy")(item.function)
                 llvm_binding.add_symbol(_symbol(item.name, dtype_name), compiled.address)
                 item.compiled[dtype_name] = compiled
-        _ready.add(dtype_name)
+        _ready.add(dtype)
