@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -51,8 +51,17 @@ def functional_backward(saved: Saved | None, grad_output: Any, grad_state: Any =
     return grad_x, _states_out(grad_initials), grads
 
 
-def bind(engine) -> dict[str, Any]:
-    """The six functional entry points of one engine, by name, for a public module to export."""
+class EntryPoints(NamedTuple):
+    rnn_forward: Callable
+    rnn_backward: Callable
+    lstm_forward: Callable
+    lstm_backward: Callable
+    gru_forward: Callable
+    gru_backward: Callable
+
+
+def bind(engine) -> EntryPoints:
+    """The six functional entry points of one engine, for a public module to export."""
 
     def rnn_forward(
         x: ArrayLike,
@@ -143,7 +152,4 @@ def bind(engine) -> dict[str, Any]:
         """Same contract as :func:`rnn_backward`."""
         return functional_backward(saved, grad_output, grad_h_n)
 
-    return {
-        "rnn_forward": rnn_forward, "rnn_backward": rnn_backward, "lstm_forward": lstm_forward,
-        "lstm_backward": lstm_backward, "gru_forward": gru_forward, "gru_backward": gru_backward,
-    }
+    return EntryPoints(rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward)

@@ -13,10 +13,4 @@ from ._functional_api import bind
 
 __all__ = ["Saved", "gru_backward", "gru_forward", "lstm_backward", "lstm_forward", "rnn_backward", "rnn_forward"]
 
-_entry_points = bind(_stack)
-rnn_forward = _entry_points["rnn_forward"]
-rnn_backward = _entry_points["rnn_backward"]
-lstm_forward = _entry_points["lstm_forward"]
-lstm_backward = _entry_points["lstm_backward"]
-gru_forward = _entry_points["gru_forward"]
-gru_backward = _entry_points["gru_backward"]
+rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward = bind(_stack)

@@ -48,10 +48,4 @@ class GRUCell(cells.GRUCell):
     _engine = _reference_engine
 
 
-_entry_points = bind(_reference_engine)
-rnn_forward = _entry_points["rnn_forward"]
-rnn_backward = _entry_points["rnn_backward"]
-lstm_forward = _entry_points["lstm_forward"]
-lstm_backward = _entry_points["lstm_backward"]
-gru_forward = _entry_points["gru_forward"]
-gru_backward = _entry_points["gru_backward"]
+rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward = bind(_reference_engine)
