@@ -12,11 +12,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._spec import StackSpec
-from ._validation import as_array, check_gradient_buffers
+from ._validation import as_array, check_gradient_buffers, check_lengths
 
 
 class Engine(Protocol):
-    def forward(self, spec, x, initial, params, dropout, training, requires_grad, generator): ...
+    def forward(self, spec, x, initial, params, dropout, training, requires_grad, generator, lengths): ...
 
     def backward(self, saved, grad_output, grad_finals, grads): ...
 
@@ -139,15 +139,21 @@ def run_forward(
     training: bool,
     requires_grad: bool,
     generator: np.random.Generator | None,
+    lengths: Any = None,
 ):
-    """Returns ``(output, finals, saved)`` in the caller's layout, ``finals`` one array per state."""
+    """Returns ``(output, finals, saved)`` in the caller's layout, ``finals`` one array per state.
+
+    ``lengths`` (B values in [0, T], any order) gives each sequence's own length: the
+    engines return torch's packed-sequence results, with zeros past each sequence's end.
+    """
     x_time_major, layout = _time_major_input(spec, x, dtype, batch_first)
+    lengths = check_lengths(lengths, layout.batched, layout.steps, layout.batch)
     dtype = x_time_major.dtype
     names = ("hx",) if len(spec.kind.states) == 1 else _state_names(spec, "", "_0")
     notes = ("",) * len(names)
     initial = _time_major_states(spec, _split_states(spec, hx, "hx", names), names, layout, dtype, notes)
     output, finals, state = engine.forward(
-        spec, x_time_major, initial, params, dropout, training, requires_grad, generator
+        spec, x_time_major, initial, params, dropout, training, requires_grad, generator, lengths
     )
     saved = Saved(engine, spec, layout, dtype, state) if requires_grad else None
     output = layout.from_time_major(output)

@@ -28,6 +28,7 @@ def functional_forward(
     training: bool,
     requires_grad: bool,
     generator: np.random.Generator | None,
+    lengths: Any,
 ):
     dropout = check_dropout(dropout)
     spec, arrays = spec_from_params(params, cell)
@@ -41,7 +42,7 @@ def functional_forward(
         raise TypeError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
     output, finals, saved = run_forward(
         engine, spec, x, hx, arrays, dtype=x_dtype, batch_first=bool(batch_first), dropout=dropout,
-        training=bool(training), requires_grad=bool(requires_grad), generator=generator,
+        training=bool(training), requires_grad=bool(requires_grad), generator=generator, lengths=lengths,
     )
     return output, _states_out(finals), saved
 
@@ -74,6 +75,7 @@ def bind(engine) -> EntryPoints:
         training: bool = False,
         requires_grad: bool = True,
         generator: np.random.Generator | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Saved | None]:
         """Run an Elman stack over a whole sequence.
 
@@ -85,10 +87,16 @@ def bind(engine) -> EntryPoints:
         Returns ``(output, h_n, saved)``. ``saved`` feeds :func:`rnn_backward`; with
         ``requires_grad=False`` it is None and no per-step state is kept. Dropout between
         layers applies only when ``training`` is true, with masks drawn from ``generator``.
+
+        ``lengths`` (B integers in [0, T], any order; batched input only) gives torch's
+        packed-sequence results for a padded batch: zero output past each sequence's end,
+        final states after each sequence's last step, the reverse direction starting
+        there. Backward then differentiates that forward; ``grad_output`` past each end is
+        ignored and ``grad_x`` there is zero.
         """
         return functional_forward(
             engine, check_nonlinearity(nonlinearity), x, hx, params, batch_first=batch_first, dropout=dropout,
-            training=training, requires_grad=requires_grad, generator=generator,
+            training=training, requires_grad=requires_grad, generator=generator, lengths=lengths,
         )
 
     def rnn_backward(
@@ -111,6 +119,7 @@ def bind(engine) -> EntryPoints:
         training: bool = False,
         requires_grad: bool = True,
         generator: np.random.Generator | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Saved | None]:
         """Run an LSTM stack; as :func:`rnn_forward`, with ``hx`` a pair ``(h_0, c_0)`` or None.
 
@@ -119,7 +128,7 @@ def bind(engine) -> EntryPoints:
         """
         return functional_forward(
             engine, "lstm", x, hx, params, batch_first=batch_first, dropout=dropout, training=training,
-            requires_grad=requires_grad, generator=generator,
+            requires_grad=requires_grad, generator=generator, lengths=lengths,
         )
 
     def lstm_backward(
@@ -139,11 +148,12 @@ def bind(engine) -> EntryPoints:
         training: bool = False,
         requires_grad: bool = True,
         generator: np.random.Generator | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Saved | None]:
         """Run a GRU stack; same contract as :func:`rnn_forward`."""
         return functional_forward(
             engine, "gru", x, hx, params, batch_first=batch_first, dropout=dropout, training=training,
-            requires_grad=requires_grad, generator=generator,
+            requires_grad=requires_grad, generator=generator, lengths=lengths,
         )
 
     def gru_backward(

@@ -21,6 +21,7 @@ import numpy as np
 from . import _stacking
 from ._kernels.native import ensure_compiled
 from ._parallel import get_num_threads
+from ._schedule import Schedule
 from ._spec import StackSpec
 
 # Steps per chunk when a unidirectional stack runs without keeping state for backward:
@@ -123,7 +124,7 @@ def gradient_pairs(spec: StackSpec, grads, layer: int, dtype) -> dict[str, tuple
     return _pairs(spec, layer, grads, as_bytes, _absent(spec.gate_size, dtype, True))
 
 
-def pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
+def pieces_per_direction(spec: StackSpec, total_rows: int, batch: int) -> int:
     """How many batch pieces each direction's recurrence is cut into; 0 to stay on one thread.
 
     Batch rows never interact and the directions are independent, so pieces run
@@ -131,7 +132,7 @@ def pieces_per_direction(spec: StackSpec, steps: int, batch: int) -> int:
     calling thread.
     """
     threads = get_num_threads()
-    work = steps * batch * spec.gate_size * spec.output_size * spec.directions
+    work = total_rows * spec.gate_size * spec.output_size * spec.directions
     if threads == 1 or work < PARALLEL_RECURRENCE_WORK:
         return 0
     pieces = max(1, min(batch, -(-threads // spec.directions)))
@@ -143,18 +144,23 @@ class LayerCall:
     """One layer's arrays, ready for its cell's kernels: C-contiguous bytes, by name.
 
     Per-direction arrays come as pairs (one direction fills both slots); stacked states
-    as (D, B, width) arrays, one per state of the cell.
+    as (D, B, width) arrays, one per state of the cell. Sequences are packed rows in the
+    layout of ``_schedule``: ``total`` rows, ``steps`` steps, with the schedule's arrays.
     """
 
     spec: StackSpec
     like: np.ndarray  # an empty array of the layer's dtype: the kernels are compiled per dtype
     steps: int
     batch: int
+    total: int
+    batch_sizes: np.ndarray  # (steps,) int64
+    step_starts: np.ndarray  # (steps,) int64
+    lengths: np.ndarray  # (B,) int64, non-increasing
     features: int
-    layer_input: np.ndarray  # (T, B, F)
+    layer_input: np.ndarray  # (total, F)
     params: dict[str, tuple[np.ndarray, np.ndarray]]
     initial: tuple[np.ndarray, ...]
-    hidden: np.ndarray  # (T, B, D*P): written by forward, read by backward
+    hidden: np.ndarray  # (total, D*P): written by forward, read by backward
     saved: dict[str, np.ndarray]  # the cell's per-step buffers for backward; empty in inference
     pieces: int
 
@@ -176,27 +182,29 @@ def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
 _LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
-def _layer_call(spec, params, layer, layer_input, initial, hidden, saved) -> LayerCall:
-    steps, batch, features = layer_input.shape
+def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule) -> LayerCall:
+    total, features = layer_input.shape
     kernels_of(spec)
     ensure_compiled(layer_input.dtype)
     return LayerCall(
-        spec=spec, like=_LIKE[layer_input.dtype], steps=steps, batch=batch, features=features,
+        spec=spec, like=_LIKE[layer_input.dtype], steps=schedule.steps, batch=schedule.batch, total=total,
+        batch_sizes=schedule.batch_sizes, step_starts=schedule.step_starts, lengths=schedule.lengths,
+        features=features,
         layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
         initial=tuple(as_bytes(state) for state in initial), hidden=as_bytes(hidden),
         saved={name: as_bytes(buffer) for name, buffer in saved.items()},
-        pieces=pieces_per_direction(spec, steps, batch),
+        pieces=pieces_per_direction(spec, total, schedule.batch),
     )
 
 
-def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved) -> None:
-    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved)
+def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule) -> None:
+    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule)
     kernels_of(spec).forward(call, tuple(as_bytes(final) for final in finals))
 
 
-def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last):
-    steps, batch, _ = layer_input.shape
-    shape = (steps, batch, spec.directions * spec.output_size)
+def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last, schedule):
+    rows = layer_input.shape[0]
+    shape = (rows, spec.directions * spec.output_size)
     if keep or last:
         hidden = np.empty(shape, dtype=layer_input.dtype)
     else:
@@ -204,17 +212,18 @@ def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last)
     saved = {}
     if keep:
         saved = {
-            name: np.empty((steps, batch, spec.directions * width), dtype=layer_input.dtype)
+            name: np.empty((rows, spec.directions * width), dtype=layer_input.dtype)
             for name, width in kernels_of(spec).saved_widths(spec).items()
         }
-    _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved)
+    _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule)
     return hidden, saved
 
 
-def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_finals, grad_initials, grads):
+def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_finals, grad_initials, grads,
+                   schedule):
     dtype = layer_input.dtype
     grad_input = np.empty(layer_input.shape, dtype=dtype)
-    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved)
+    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule)
     kernels_of(spec).backward(
         call, as_bytes(grad_hidden), tuple(as_bytes(grad) for grad in grad_finals),
         tuple(as_bytes(grad) for grad in grad_initials), gradient_pairs(spec, grads, layer, dtype),
@@ -225,34 +234,69 @@ def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_f
 
 _layers = sys.modules[__name__]
 _stacked_forward = partial(_stacking.forward, _layers)
-backward = partial(_stacking.backward, _layers)
 
 
-def forward(spec, x, initial, params, dropout, training, requires_grad, generator):
+@dataclass
+class _Record:
+    schedule: Schedule
+    stack: _stacking.StackRecord | None  # None when every sequence is empty
+    input_size: int
+
+
+def forward(spec, x, initial, params, dropout, training, requires_grad, generator, lengths):
+    steps, batch, _ = x.shape
+    schedule = Schedule.full(steps, batch) if lengths is None else Schedule.of_lengths(lengths, steps)
+    if schedule.total == 0:
+        # Every sequence is empty: nothing runs, each final state is its initial state.
+        output = np.zeros((steps, batch, spec.directions * spec.output_size), dtype=x.dtype)
+        finals = tuple(state.copy() for state in initial)
+        return output, finals, _Record(schedule, None, spec.input_size) if requires_grad else None
+    packed = schedule.pack(x)
+    initial = tuple(schedule.to_rows(state) for state in initial)
     use_dropout = training and dropout > 0.0 and spec.num_layers > 1
     if not requires_grad and not use_dropout and spec.directions == 1 and spec.num_layers > 1:
-        return _forward_chunked(spec, x, initial, params)
-    return _stacked_forward(spec, x, initial, params, dropout, training, requires_grad, generator)
+        output, finals, record = _forward_chunked(spec, packed, initial, params, schedule)
+    else:
+        output, finals, record = _stacked_forward(
+            spec, packed, initial, params, dropout, training, requires_grad, generator, schedule
+        )
+    finals = tuple(schedule.from_rows(final) for final in finals)
+    return schedule.unpack(output), finals, _Record(schedule, record, spec.input_size) if requires_grad else None
 
 
-def _forward_chunked(spec, x, initial, params):
-    """Inference for a unidirectional stack: all layers advance one chunk of steps at a time."""
-    steps, batch, _ = x.shape
-    output = np.empty((steps, batch, spec.output_size), dtype=x.dtype)
-    chunk = min(INFERENCE_CHUNK_STEPS, steps)
-    scratch = [np.empty((chunk, batch, spec.output_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)]
+def backward(record: _Record, grad_output, grad_finals, grads):
+    schedule = record.schedule
+    if record.stack is None:
+        grad_x = np.zeros((schedule.padded_steps, schedule.batch, record.input_size), dtype=grad_output.dtype)
+        return grad_x, tuple(grad.copy() for grad in grad_finals)
+    grad_finals = tuple(schedule.to_rows(grad) for grad in grad_finals)
+    grad_x, grad_initials = _stacking.backward(_layers, record.stack, schedule.pack(grad_output), grad_finals, grads)
+    return schedule.unpack(grad_x), tuple(schedule.from_rows(grad) for grad in grad_initials)
+
+
+def _forward_chunked(spec, x, initial, params, schedule: Schedule):
+    """Inference for a unidirectional stack: all layers advance one chunk of steps at a time.
+
+    ``x`` is packed; a chunk of steps is a contiguous block of its rows, and a sequence
+    that ends before a chunk passes its state through it unchanged.
+    """
+    output = np.empty((x.shape[0], spec.output_size), dtype=x.dtype)
+    chunk = min(INFERENCE_CHUNK_STEPS, schedule.steps)
+    scratch = [np.empty((chunk * schedule.batch, spec.output_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)]
     state = tuple(value.copy() for value in initial)
     finals = tuple(np.empty_like(value) for value in initial)
-    for start in range(0, steps, chunk):
-        stop = min(start + chunk, steps)
-        layer_input = x[start:stop]
+    for start in range(0, schedule.steps, chunk):
+        stop = min(start + chunk, schedule.steps)
+        rows = schedule.packed_rows(start, stop)
+        steps = schedule.chunk(start, stop)
+        layer_input = x[rows]
         for layer in range(spec.num_layers):
             last = layer == spec.num_layers - 1
-            hidden = output[start:stop] if last else scratch[layer][: stop - start]
-            rows = slice(layer, layer + 1)
+            hidden = output[rows] if last else scratch[layer][: rows.stop - rows.start]
+            stacked = slice(layer, layer + 1)
             _run_forward_layer(
-                spec, params, layer, layer_input, tuple(value[rows] for value in state),
-                tuple(final[rows] for final in finals), hidden, {},
+                spec, params, layer, layer_input, tuple(value[stacked] for value in state),
+                tuple(final[stacked] for final in finals), hidden, {}, steps,
             )
             for value, final in zip(state, finals, strict=True):
                 value[layer] = final[layer]

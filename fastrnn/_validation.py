@@ -46,6 +46,32 @@ def check_dtype(value: Any) -> np.dtype:
     return dtype
 
 
+def check_lengths(value: Any, layout_batched: bool, steps: int, batch: int) -> np.ndarray | None:
+    """``lengths`` as a fresh int64 array of ``batch`` values in [0, ``steps``], or None.
+
+    The caller's array is copied, so nothing done later can change it.
+    """
+    if value is None:
+        return None
+    if not layout_batched:
+        raise ValueError("lengths needs batched input (T, B, I) or (B, T, I); got unbatched input, which is one "
+                         "sequence of length T: pass no lengths")
+    try:
+        array = np.array(value)
+    except Exception as error:  # array-likes fail in many ways; report them all alike
+        raise TypeError(f"lengths must be a 1-D array of integers, got {type(value).__name__}") from error
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"lengths must be a 1-D array of integers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"lengths must be 1-D with one value per sequence ({batch}), got shape {array.shape}")
+    if array.shape[0] != batch:
+        raise ValueError(f"lengths must have one value per sequence of the batch ({batch}), got {array.shape[0]}")
+    if array.size and (array.min() < 0 or array.max() > steps):
+        bad = array[(array < 0) | (array > steps)][0]
+        raise ValueError(f"lengths must lie in [0, {steps}] (the padded length T), got {bad}")
+    return array.astype(np.int64)
+
+
 def as_array(name: str, value: Any, dtype: np.dtype | None, owner: str = "layer") -> np.ndarray:
     """View ``value`` as an ndarray without copying or casting; reject what does not fit.
 

@@ -150,23 +150,31 @@ class _Recurrent(Parameters):
         """The states as torch returns them: one array, or a tuple for LSTM's (h, c)."""
         return states[0] if len(states) == 1 else states
 
-    def forward(self, x: ArrayLike, hx: Any = None, *, requires_grad: bool | None = None):
+    def forward(self, x: ArrayLike, hx: Any = None, *, requires_grad: bool | None = None,
+                lengths: ArrayLike | None = None):
         """``output, h_n = layer(x, hx)`` (LSTM: ``output, (h_n, c_n)``).
 
         ``requires_grad`` defaults to ``self.training``: in eval mode forward keeps no
         per-step state, so pass ``requires_grad=True`` to differentiate an eval-mode call.
+
+        ``lengths`` (B integers in [0, T], in any order) runs each sequence of a padded
+        batch for its own length only, with torch's ``pack_padded_sequence`` results:
+        ``output`` is zero past each sequence's end, the final states are those after its
+        last step, and the reverse direction starts at that step. A length of 0 gives zero
+        output and the initial state as final state.
         """
         keep = self.training if requires_grad is None else bool(requires_grad)
         output, finals, saved = run_forward(
             self._engine, self.spec, x, hx, self._params, dtype=self.dtype,
             batch_first=self.batch_first, dropout=self.dropout, training=self.training,
-            requires_grad=keep, generator=self.generator,
+            requires_grad=keep, generator=self.generator, lengths=lengths,
         )
         self._saved = saved
         return output, self._states_out(finals)
 
-    def __call__(self, x: ArrayLike, hx: Any = None, *, requires_grad: bool | None = None):
-        return self.forward(x, hx, requires_grad=requires_grad)
+    def __call__(self, x: ArrayLike, hx: Any = None, *, requires_grad: bool | None = None,
+                 lengths: ArrayLike | None = None):
+        return self.forward(x, hx, requires_grad=requires_grad, lengths=lengths)
 
     def backward(self, grad_output: ArrayLike, grad_state: Any = None):
         """Differentiate the most recent forward that kept its state.
@@ -217,10 +225,11 @@ class RNN(_Recurrent):
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
 
     def forward(
-        self, x: ArrayLike, hx: ArrayLike | None = None, *, requires_grad: bool | None = None
+        self, x: ArrayLike, hx: ArrayLike | None = None, *, requires_grad: bool | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``output, h_n = rnn(x, hx)``; see the class docstring."""
-        return super().forward(x, hx, requires_grad=requires_grad)
+        return super().forward(x, hx, requires_grad=requires_grad, lengths=lengths)
 
     def backward(self, grad_output: ArrayLike, grad_h_n: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Differentiate the most recent forward; returns ``(grad_x, grad_hx)``."""
@@ -260,10 +269,11 @@ class LSTM(_Recurrent):
         return [f"proj_size={self.proj_size}"] if self.proj_size else []
 
     def forward(
-        self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None, *, requires_grad: bool | None = None
+        self, x: ArrayLike, hx: tuple[ArrayLike, ArrayLike] | None = None, *, requires_grad: bool | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """``output, (h_n, c_n) = lstm(x, (h_0, c_0))``; see the class docstring."""
-        return super().forward(x, hx, requires_grad=requires_grad)
+        return super().forward(x, hx, requires_grad=requires_grad, lengths=lengths)
 
     def backward(
         self, grad_output: ArrayLike, grad_state: tuple[ArrayLike | None, ArrayLike | None] | None = None
@@ -297,10 +307,11 @@ class GRU(_Recurrent):
                          dtype, seed)
 
     def forward(
-        self, x: ArrayLike, hx: ArrayLike | None = None, *, requires_grad: bool | None = None
+        self, x: ArrayLike, hx: ArrayLike | None = None, *, requires_grad: bool | None = None,
+        lengths: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``output, h_n = gru(x, hx)``; see the class docstring."""
-        return super().forward(x, hx, requires_grad=requires_grad)
+        return super().forward(x, hx, requires_grad=requires_grad, lengths=lengths)
 
     def backward(self, grad_output: ArrayLike, grad_h_n: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Differentiate the most recent forward; returns ``(grad_x, grad_hx)``."""

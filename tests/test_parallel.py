@@ -148,7 +148,8 @@ ensure_compiled(np.float64)
 arguments = (
     np.empty(0), as_bytes(np.ones((steps, batch, 3))), 3, 2, pairs["weight_ih"], pairs["weight_hh"], pairs["bias_ih"],
     pairs["bias_hh"],
-    as_bytes(np.zeros((2, batch, 4))), as_bytes(np.empty((steps, batch, 8))), steps, batch, 4, False,
+    as_bytes(np.zeros((2, batch, 4))), as_bytes(np.empty((steps, batch, 8))), np.full(steps, batch),
+    np.arange(steps) * batch, np.full(batch, steps), steps, batch, steps * batch, 4, False,
     as_bytes(np.empty((2, batch, 4))),
 )
 for kernel in sys.argv[1:]:

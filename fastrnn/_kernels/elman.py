@@ -7,9 +7,10 @@ addresses on: to OpenBLAS, and to the per-direction kernels (``recur``,
 ``backpropagate``, ``parameter_gradients``), which are compiled once per dtype as C
 functions (see ``native``). So both dtypes share one build of each layer kernel.
 
-Layout shared by every kernel (all arrays C-contiguous; the per-direction kernels see them flat):
-- ``layer_input``: (T*B, F) rows in time-major order.
-- ``hidden``: (T, B, D*H); this direction owns columns ``offset : offset + H``.
+Layout shared by every kernel (all arrays C-contiguous; the per-direction kernels see them flat),
+in packed rows as ``schedule`` describes them (N rows; N = T*B when no sequence is shorter):
+- ``layer_input``: (N, F).
+- ``hidden``: (N, D*H); this direction owns columns ``offset : offset + H``.
   Forward writes the input projection there, then overwrites it in place with h_t, so
   the hidden states are the only per-step memory a layer keeps.
 - ``grad_hidden``: same layout as ``hidden``; backward turns it in place into the
@@ -23,8 +24,9 @@ from .. import _parallel
 from .._config import jit, jit_helper, jit_inline, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
-from .native import ARRAY, INDEX, export
+from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
+from .schedule import active_rows, last_step, recurrent_blocks, row_piece
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -114,12 +116,13 @@ def project_input(
 
 @jit_helper
 def _recur(
-    layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps, batch,
-    first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, batch_sizes,
+    step_starts, lengths, steps, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
 
     Batch rows never interact, so disjoint row ranges can run on different threads.
+    Rows step as ``schedule`` says; a row that starts at a step reads h_0.
     ``h0`` and ``h_n`` are (B, H); without bias ``bias_ih`` and ``bias_hh`` are zeros.
     With ``project_steps`` each step first computes its own input projection (one small
     GEMM per step: a batch piece's rows are not contiguous across steps); otherwise
@@ -128,178 +131,203 @@ def _recur(
     """
     bias = bias_ih + bias_hh
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
-    step_stride = batch * width
-    base = first_row * width + offset
-    previous = h0
-    previous_offset = first_row * hidden_size
-    previous_ld = hidden_size
+    previous_at = 0
+    previous_rows = 0  # rows of this piece that took the step run before
     for s in range(steps):
         t = steps - 1 - s if reverse else s
-        current = t * step_stride + base
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        carried = min(active, previous_rows)
+        row_at = step_starts[t] + first_row
+        current = row_at * width + offset
         if project_steps:
             zero = hidden.dtype.type(0.0)
-            for r in range(rows):
+            for r in range(active):
                 row = hidden[current + r * width : current + r * width + hidden_size]
                 for c in range(hidden_size):
                     row[c] = zero
             packed_product(
-                layer_input, (t * batch + first_row) * feature_size, feature_size, packed_ih, hidden, current,
-                width, rows, feature_size, hidden_size, scratch,
+                layer_input, row_at * feature_size, feature_size, packed_ih, hidden, current, width, active,
+                feature_size, hidden_size, scratch,
             )
-        packed_product(
-            previous, previous_offset, previous_ld, packed_hh, hidden, current, width, rows, hidden_size, hidden_size,
-            scratch,
-        )
-        _activate_block(hidden, current, width, rows, hidden_size, bias, use_relu)
-        previous = hidden
-        previous_offset = current
-        previous_ld = width
-    for b in range(rows):
+        if carried > 0:
+            packed_product(
+                hidden, previous_at, width, packed_hh, hidden, current, width, carried, hidden_size, hidden_size,
+                scratch,
+            )
+        if active > carried:
+            packed_product(
+                h0, (first_row + carried) * hidden_size, hidden_size, packed_hh, hidden, current + carried * width,
+                width, active - carried, hidden_size, hidden_size, scratch,
+            )
+        _activate_block(hidden, current, width, active, hidden_size, bias, use_relu)
+        previous_at, previous_rows = current, active
+    for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
+        if last < 0:
+            source, source_at = h0, row * hidden_size
+        else:
+            source, source_at = hidden, (step_starts[last] + row) * width + offset
         for c in range(hidden_size):
-            h_n[(first_row + b) * hidden_size + c] = previous[previous_offset + b * previous_ld + c]
+            h_n[row * hidden_size + c] = source[source_at + c]
 
 
 @jit_helper
 def _backpropagate(
-    packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
-    reverse, use_relu, grad_h0,
+    packed_hh, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, first_row, rows,
+    hidden_size, width, offset, reverse, use_relu, grad_h0,
 ):
     """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds dLoss/dz_t for
-    this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0.
+    this direction's columns and rows; ``grad_h0`` rows are overwritten with dLoss/dh_0,
+    which comes from the step that read h_0 (h_n itself for an empty sequence).
     dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed, packed by ``pack_bytes``.
     """
+    zero = grad_hidden.dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
-    step_stride = batch * width
-    base = first_row * width + offset
-    last = 0 if reverse else steps - 1
-    last_start = last * step_stride + base
-    for b in range(rows):
+    for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
         for c in range(hidden_size):
-            grad_hidden[last_start + b * width + c] += grad_h_n[(first_row + b) * hidden_size + c]
-    h0_start = first_row * hidden_size
+            if last < 0:
+                grad_h0[row * hidden_size + c] = grad_h_n[row * hidden_size + c]
+            else:
+                grad_h0[row * hidden_size + c] = zero
+                grad_hidden[(step_starts[last] + row) * width + offset + c] += grad_h_n[row * hidden_size + c]
     for s in range(steps):
         t = s if reverse else steps - 1 - s
-        current = t * step_stride + base
-        _scale_by_activation_grad(grad_hidden, hidden, current, width, rows, hidden_size, use_relu)
-        if s < steps - 1:
-            earlier = (t + 1 if reverse else t - 1) * step_stride + base
-            target, target_offset, target_ld = grad_hidden, earlier, width
-        else:
-            grad_h0[h0_start : h0_start + rows * hidden_size] = 0.0
-            target, target_offset, target_ld = grad_h0, h0_start, hidden_size
-        packed_product(
-            grad_hidden, current, width, packed_hh, target, target_offset, target_ld, rows, hidden_size, hidden_size,
-            scratch,
-        )
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        earlier = t + 1 if reverse else t - 1
+        carried = 0
+        earlier_at = 0
+        if 0 <= earlier < steps:
+            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
+            earlier_at = (step_starts[earlier] + first_row) * width + offset
+        current = (step_starts[t] + first_row) * width + offset
+        _scale_by_activation_grad(grad_hidden, hidden, current, width, active, hidden_size, use_relu)
+        if carried > 0:
+            packed_product(
+                grad_hidden, current, width, packed_hh, grad_hidden, earlier_at, width, carried, hidden_size,
+                hidden_size, scratch,
+            )
+        if active > carried:
+            packed_product(
+                grad_hidden, current + carried * width, width, packed_hh, grad_h0, (first_row + carried) * hidden_size,
+                hidden_size, active - carried, hidden_size, hidden_size, scratch,
+            )
 
 
 # The recurrences through time hold the step products and the activations: the code
 # that the serial and threaded layer kernels would otherwise each compile again.
 def _recur_native(
     layer_input, feature_size, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
-    h0, hidden, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    h0, hidden, batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, width, offset,
+    reverse, use_relu, h_n,
 ):
     _recur(
-        carray(layer_input, steps * batch * feature_size), feature_size, carray(packed_ih, packed_ih_size),
+        carray(layer_input, total * feature_size), feature_size, carray(packed_ih, packed_ih_size),
         carray(bias_ih, hidden_size), carray(bias_hh, hidden_size), project_steps != 0,
-        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size),
-        carray(hidden, steps * batch * width), steps, batch, first_row, rows, hidden_size, width, offset, reverse != 0,
-        use_relu != 0, carray(h_n, batch * hidden_size),
+        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, total * width),
+        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps, first_row, rows,
+        hidden_size, width, offset, reverse != 0, use_relu != 0, carray(h_n, batch * hidden_size),
     )
 
 
 def _backpropagate_native(
-    packed_hh, packed_hh_size, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width,
-    offset, reverse, use_relu, grad_h0,
+    packed_hh, packed_hh_size, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, batch, total,
+    first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0,
 ):
-    size = steps * batch * width
+    size = total * width
     _backpropagate(
         carray(packed_hh, packed_hh_size), carray(hidden, size), carray(grad_hidden, size),
-        carray(grad_h_n, batch * hidden_size), steps, batch, first_row, rows, hidden_size, width, offset,
-        reverse != 0, use_relu != 0, carray(grad_h0, batch * hidden_size),
+        carray(grad_h_n, batch * hidden_size), carray(batch_sizes, steps), carray(step_starts, steps),
+        carray(lengths, batch), steps, first_row, rows, hidden_size, width, offset, reverse != 0, use_relu != 0,
+        carray(grad_h0, batch * hidden_size),
     )
 
 
 _recur_compiled = export(
     "recur", _recur_native, layer_input=ARRAY, feature_size=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
-    hidden=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX,
-    offset=INDEX, reverse=INDEX, use_relu=INDEX, h_n=ARRAY,
+    hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX,
+    first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, use_relu=INDEX,
+    h_n=ARRAY,
 )
 _backpropagate_compiled = export(
     "backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, hidden=ARRAY,
-    grad_hidden=ARRAY, grad_h_n=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,
-    width=INDEX, offset=INDEX, reverse=INDEX, use_relu=INDEX, grad_h0=ARRAY,
+    grad_hidden=ARRAY, grad_h_n=ARRAY, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX,
+    batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX,
+    reverse=INDEX, use_relu=INDEX, grad_h0=ARRAY,
 )
 
 
 @jit_inline
 def recur(
-    like, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, steps,
-    batch, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    like, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, batch_sizes,
+    step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """``_recur``, through its compiled C function for ``like``'s dtype; arrays as bytes."""
     float_size = like.itemsize
     _recur_compiled(
         like, layer_input.ctypes.data, feature_size, packed_ih.ctypes.data, packed_ih.size // float_size,
         bias_ih.ctypes.data, bias_hh.ctypes.data, project_steps, packed_hh.ctypes.data, packed_hh.size // float_size,
-        h0.ctypes.data, hidden.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse,
-        use_relu, h_n.ctypes.data,
+        h0.ctypes.data, hidden.ctypes.data, batch_sizes.ctypes.data, step_starts.ctypes.data, lengths.ctypes.data,
+        steps, batch, total, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n.ctypes.data,
     )
 
 
 @jit_inline
 def backpropagate(
-    like, packed_hh, hidden, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size, width, offset,
-    reverse, use_relu, grad_h0,
+    like, packed_hh, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, batch, total, first_row,
+    rows, hidden_size, width, offset, reverse, use_relu, grad_h0,
 ):
     """``_backpropagate``, through its compiled C function for ``like``'s dtype; arrays as bytes."""
     float_size = like.itemsize
     _backpropagate_compiled(
         like, packed_hh.ctypes.data, packed_hh.size // float_size, hidden.ctypes.data, grad_hidden.ctypes.data,
-        grad_h_n.ctypes.data, steps, batch, first_row, rows, hidden_size, width, offset, reverse, use_relu,
-        grad_h0.ctypes.data,
+        grad_h_n.ctypes.data, batch_sizes.ctypes.data, step_starts.ctypes.data, lengths.ctypes.data, steps, batch,
+        total, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0.ctypes.data,
     )
 
 
 @jit_helper
 def _parameter_gradients(
-    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
-    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, total, hidden_size, width,
+    offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
 ):
     """Accumulate (+=) the gradients of hidden units ``first_unit:first_unit+units``.
 
     These are rows of W_ih, W_hh and the biases, so disjoint unit ranges can run on
-    different threads. One GEMM per weight covers the whole sequence:
-    dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the state step t consumed, and
-    dW_ih = sum_t dz_t^T x_t.
+    different threads. One GEMM per weight covers the whole sequence (W_hh: one per block
+    of ``schedule.recurrent_blocks``): dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the
+    state step t consumed, and dW_ih = sum_t dz_t^T x_t.
     """
-    step_stride = batch * width
-    later_rows = (steps - 1) * batch
     dz = offset + first_unit
-    if reverse:
-        dz_offset, h_offset, first = dz, step_stride + offset, steps - 1
-    else:
-        dz_offset, h_offset, first = step_stride + dz, offset, 0
-    _accumulate_gradient(
-        grad_hidden, dz_offset, width, hidden, h_offset, width, grad_weight_hh, first_unit * hidden_size,
-        hidden_size, units, hidden_size, later_rows, blas_single_threaded,
-    )
-    _accumulate_gradient(
-        grad_hidden, first * step_stride + dz, width, h0, 0, hidden_size, grad_weight_hh,
-        first_unit * hidden_size, hidden_size, units, hidden_size, batch, blas_single_threaded,
-    )
+    blocks, count = recurrent_blocks(batch_sizes, step_starts, steps, reverse)
+    for k in range(count):
+        dz_row, from_initial, source_row, rows = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
+        if from_initial:
+            source, source_at, source_ld = h0, source_row * hidden_size, hidden_size
+        else:
+            source, source_at, source_ld = hidden, source_row * width + offset, width
+        _accumulate_gradient(
+            grad_hidden, dz_row * width + dz, width, source, source_at, source_ld, grad_weight_hh,
+            first_unit * hidden_size, hidden_size, units, hidden_size, rows, blas_single_threaded,
+        )
     _accumulate_gradient(
         grad_hidden, dz, width, layer_input, 0, feature_size, grad_weight_ih, first_unit * feature_size,
-        feature_size, units, feature_size, steps * batch, blas_single_threaded,
+        feature_size, units, feature_size, total, blas_single_threaded,
     )
     if has_bias:
         # Both biases enter the pre-activation additively, so they share one gradient.
         bias_grad = np.zeros(units, dtype=grad_hidden.dtype)
-        for r in range(steps * batch):
+        for r in range(total):
             row = grad_hidden[r * width + dz : r * width + dz + units]
             for c in range(units):
                 bias_grad[c] += row[c]
@@ -309,41 +337,42 @@ def _parameter_gradients(
 
 
 def _parameter_gradients_native(
-    layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
-    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total, hidden_size,
+    width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
 ):
-    size = steps * batch * width
+    size = total * width
     bias_size = hidden_size if has_bias else 0
     _parameter_gradients(
-        carray(layer_input, steps * batch * feature_size), feature_size, carray(h0, batch * hidden_size),
-        carray(hidden, size), carray(grad_hidden, size), steps, batch, hidden_size, width, offset, reverse != 0,
-        first_unit, units, carray(grad_weight_ih, hidden_size * feature_size),
-        carray(grad_weight_hh, hidden_size * hidden_size), carray(grad_bias_ih, bias_size),
-        carray(grad_bias_hh, bias_size), has_bias != 0, blas_single_threaded != 0,
+        carray(layer_input, total * feature_size), feature_size, carray(h0, batch * hidden_size),
+        carray(hidden, size), carray(grad_hidden, size), carray(batch_sizes, steps), carray(step_starts, steps),
+        steps, total, hidden_size, width, offset, reverse != 0, first_unit, units,
+        carray(grad_weight_ih, hidden_size * feature_size), carray(grad_weight_hh, hidden_size * hidden_size),
+        carray(grad_bias_ih, bias_size), carray(grad_bias_hh, bias_size), has_bias != 0, blas_single_threaded != 0,
     )
 
 
 _parameter_gradients_compiled = export(
     "parameter_gradients", _parameter_gradients_native, layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
-    hidden=ARRAY, grad_hidden=ARRAY, steps=INDEX, batch=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX,
-    reverse=INDEX, first_unit=INDEX, units=INDEX, grad_weight_ih=ARRAY, grad_weight_hh=ARRAY, grad_bias_ih=ARRAY,
-    grad_bias_hh=ARRAY, has_bias=INDEX, blas_single_threaded=INDEX,
+    hidden=ARRAY, grad_hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, steps=INDEX, batch=INDEX,
+    total=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, first_unit=INDEX, units=INDEX,
+    grad_weight_ih=ARRAY, grad_weight_hh=ARRAY, grad_bias_ih=ARRAY, grad_bias_hh=ARRAY, has_bias=INDEX,
+    blas_single_threaded=INDEX,
 )
 
 
 @jit_inline
 def parameter_gradients(
-    like, layer_input, feature_size, h0, hidden, grad_hidden, steps, batch, hidden_size, width, offset,
-    reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
-    blas_single_threaded,
+    like, layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total,
+    hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+    grad_bias_hh, has_bias, blas_single_threaded,
 ):
     """``_parameter_gradients``, through its compiled C function for ``like``'s dtype."""
     _parameter_gradients_compiled(
         like, layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data,
-        grad_hidden.ctypes.data, steps, batch, hidden_size, width, offset, reverse, first_unit, units,
-        grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data, grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data,
-        has_bias, blas_single_threaded,
+        grad_hidden.ctypes.data, batch_sizes.ctypes.data, step_starts.ctypes.data, steps, batch, total, hidden_size,
+        width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data,
+        grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias, blas_single_threaded,
     )
 
 
@@ -361,9 +390,9 @@ def input_gradient(
 
 def _forward_layer(
     like, layer_input, feature_size, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden,
-    steps, batch, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
+    batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, use_relu, h_n, pieces, blas_single_threaded,
 ):
-    """Fill ``hidden`` (T, B, D*H) and ``h_n`` (D, B*H) for one layer of D directions.
+    """Fill ``hidden`` (packed rows, D*H) and ``h_n`` (D, B*H) for one layer of D directions.
 
     ``weights_*`` and ``biases_*`` are pairs of flat arrays, one per direction; a
     unidirectional layer passes its arrays twice, so that both kinds of layer share one
@@ -386,33 +415,34 @@ def _forward_layer(
         )
     for task in prange(directions * pieces):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         # Projecting step by step on numba's threads suits batch pieces, whose rows are not
         # contiguous across steps: for a bidirectional layer (T=100, B=16, H=128) that took
         # 0.50 ms where whole-sequence GEMMs on both threads at once took 0.48-0.72 ms.
         if not project_steps:
             project_input(
-                float_size, layer_input, feature_size, weights_ih[direction], hidden, 0, steps * batch, hidden_size,
+                float_size, layer_input, feature_size, weights_ih[direction], hidden, 0, total, hidden_size,
                 width, direction * hidden_size,
             )
         recur(
             like, layer_input, feature_size, packed_ih_first if direction == 0 else packed_ih_second,
             biases_ih[direction], biases_hh[direction], project_steps,
-            packed_hh_first if direction == 0 else packed_hh_second, h0[direction], hidden, steps, batch, first, rows,
-            hidden_size, width, direction * hidden_size, direction == 1, use_relu, h_n[direction],
+            packed_hh_first if direction == 0 else packed_hh_second, h0[direction], hidden, batch_sizes, step_starts,
+            lengths, steps, batch, total, first, rows, hidden_size, width, direction * hidden_size, direction == 1,
+            use_relu, h_n[direction],
         )
 
 
 def _backward_layer(
     like, layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n,
-    grad_h0, steps, batch, hidden_size, use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
-    has_bias, grad_input, pieces, blas_single_threaded,
+    grad_h0, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, use_relu, grads_weight_ih,
+    grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, pieces, blas_single_threaded,
 ):
-    """Backpropagate one layer of D directions: ``grad_hidden`` (T, B, D*H) becomes dLoss/dz.
+    """Backpropagate one layer of D directions: ``grad_hidden`` (packed rows, D*H) becomes dLoss/dz.
 
-    Fills ``grad_h0`` (D, B*H) and ``grad_input`` (T, B, F), and accumulates the parameter
-    gradients. Pieces as in ``_forward_layer``: batch ranges through time first, then
-    ranges of hidden units for the weight gradients and of rows for the input gradient.
+    Fills ``grad_h0`` (D, B*H) and ``grad_input`` (packed rows, F), and accumulates the
+    parameter gradients. Pieces as in ``_forward_layer``: batch ranges through time first,
+    then ranges of hidden units for the weight gradients and of rows for the input gradient.
     """
     float_size = like.itemsize
     width = directions * hidden_size
@@ -420,23 +450,23 @@ def _backward_layer(
     packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, hidden_size, False)
     for task in prange(tasks):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         backpropagate(
             like, packed_hh_first if direction == 0 else packed_hh_second, hidden, grad_hidden,
-            grad_h_n[direction], steps, batch, first, rows, hidden_size, width, direction * hidden_size,
-            direction == 1, use_relu, grad_h0[direction],
+            grad_h_n[direction], batch_sizes, step_starts, lengths, steps, batch, total, first, rows, hidden_size,
+            width, direction * hidden_size, direction == 1, use_relu, grad_h0[direction],
         )
     for task in prange(tasks):
         direction = task // pieces
         first_unit, units = piece(hidden_size, pieces, task % pieces)
         parameter_gradients(
-            like, layer_input, feature_size, h0[direction], hidden, grad_hidden, steps, batch, hidden_size, width,
-            direction * hidden_size, direction == 1, first_unit, units, grads_weight_ih[direction],
-            grads_weight_hh[direction], grads_bias_ih[direction], grads_bias_hh[direction], has_bias,
-            blas_single_threaded,
+            like, layer_input, feature_size, h0[direction], hidden, grad_hidden, batch_sizes, step_starts, steps,
+            batch, total, hidden_size, width, direction * hidden_size, direction == 1, first_unit, units,
+            grads_weight_ih[direction], grads_weight_hh[direction], grads_bias_ih[direction],
+            grads_bias_hh[direction], has_bias, blas_single_threaded,
         )
         # Every task also takes a share of the input gradient's rows, so the work balances.
-        first, rows = piece(steps * batch, tasks, task)
+        first, rows = piece(total, tasks, task)
         for source in range(directions):
             input_gradient(
                 float_size, grad_hidden, width, source * hidden_size, weights_ih[source], hidden_size, feature_size,
@@ -461,17 +491,18 @@ def forward(call, finals) -> None:
     _parallel.run_kernel(
         forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
-        call.initial[0], call.hidden, call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
-        finals[0],
+        call.initial[0], call.hidden, call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch,
+        call.total, spec.hidden_size, spec.kind.activation == "relu", finals[0],
     )
 
 
 def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
-    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` (T, B, D*H) is consumed in place."""
+    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` (packed rows, D*H) is consumed in place."""
     spec, params = call.spec, call.params
     _parallel.run_kernel(
         backward_layer, backward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden, grad_hidden,
-        grad_finals[0], grad_initials[0], call.steps, call.batch, spec.hidden_size, spec.kind.activation == "relu",
+        grad_finals[0], grad_initials[0], call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch,
+        call.total, spec.hidden_size, spec.kind.activation == "relu",
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"], spec.bias, grad_input,
     )

@@ -1,8 +1,9 @@
 """Whole-sequence pieces shared by the gated cells (LSTM, GRU): weight gradients as one
 GEMM per weight over every step, bias gradients as column sums, and the input gradient.
 
-``dz`` is the gradient of a layer's gate pre-activations, (T, B, D*G*H) time-major, as
-the gated kernels leave it; each direction owns a block of ``gate_width`` columns.
+``dz`` is the gradient of a layer's gate pre-activations, (packed rows, D*G*H) as the
+gated kernels leave it (rows as ``schedule`` lays them out); each direction owns a block
+of ``gate_width`` columns.
 """
 
 import numpy as np
@@ -11,6 +12,7 @@ from numba import carray
 from .._config import jit_helper, jit_inline
 from .blas import NO_TRANS, TRANS, gemm_at
 from .native import ARRAY, INDEX, export
+from .schedule import recurrent_blocks
 
 # The saved buffers of an inference call: one empty array, so that training and inference
 # pass one array type and share one compilation.
@@ -36,7 +38,7 @@ def inference_gates(call, gates: int) -> np.ndarray:
     Batch pieces project step by step anyway (their rows are not contiguous across steps).
     """
     spec = call.spec
-    nbytes = call.steps * call.batch * spec.directions * gates * spec.hidden_size * call.like.itemsize
+    nbytes = call.total * spec.directions * gates * spec.hidden_size * call.like.itemsize
     if call.pieces > 1 or nbytes > INFERENCE_PROJECTION_BYTES:
         return _EMPTY
     return np.empty(nbytes, dtype=np.uint8)
@@ -96,29 +98,26 @@ def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, 
 
 @jit_helper  # not inlined: numba's inliner mislabels the scope of its branch-local offsets
 def recurrent_weight_gradient(
-    float_size, dz, dz_offset, dz_ld, hidden, h0, steps, batch, output_size, width, direction, first_unit, units,
-    grad_weight_hh,
+    float_size, dz, dz_offset, dz_ld, hidden, h0, batch_sizes, step_starts, steps, output_size, width, direction,
+    first_unit, units, grad_weight_hh,
 ):
-    """grad_weight_hh[first_unit : first_unit + units] += sum_t dz_t^T h_{t-1}, h_{t-1} the state step t read.
+    """grad_weight_hh[first_unit : first_unit + units] += sum_t dz_t^T h_prev(t), the state step t read.
 
-    ``dz_offset`` is the column of unit 0 of this direction's block; ``hidden`` (T, B,
-    ``width``) holds every h_t, this direction's at ``direction * output_size``.
+    ``dz_offset`` is the column of unit 0 of this direction's block; ``hidden`` (packed
+    rows, ``width``) holds every h_t, this direction's at ``direction * output_size``.
+    One GEMM per block of ``schedule.recurrent_blocks``.
     """
-    step_rows = batch
-    later = (steps - 1) * batch
     h_column = direction * output_size
     dz_column = dz_offset + first_unit
-    if direction == 1:
-        # step t (t < T-1) read h_{t+1}; step T-1 read h0
-        accumulate_product(float_size, dz, dz_column, dz_ld, hidden, step_rows * width + h_column, width, later,
+    blocks, count = recurrent_blocks(batch_sizes, step_starts, steps, direction == 1)
+    for k in range(count):
+        dz_row, from_initial, source_row, rows = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
+        if from_initial:
+            source, source_at, source_ld = h0, source_row * output_size, output_size
+        else:
+            source, source_at, source_ld = hidden, source_row * width + h_column, width
+        accumulate_product(float_size, dz, dz_row * dz_ld + dz_column, dz_ld, source, source_at, source_ld, rows,
                            units, output_size, grad_weight_hh, first_unit * output_size, output_size)
-        first_step = steps - 1
-    else:
-        accumulate_product(float_size, dz, step_rows * dz_ld + dz_column, dz_ld, hidden, h_column, width, later,
-                           units, output_size, grad_weight_hh, first_unit * output_size, output_size)
-        first_step = 0
-    accumulate_product(float_size, dz, first_step * step_rows * dz_ld + dz_column, dz_ld, h0, 0, output_size, batch,
-                       units, output_size, grad_weight_hh, first_unit * output_size, output_size)
 
 
 @jit_inline

@@ -14,9 +14,9 @@ buffers of its own of the same sizes for the gradients of the input-side pre-act
 and of the hidden-side n block, so a forward can be differentiated more than once.
 Inference keeps none of it.
 
-Layout (C-contiguous, time-major): ``layer_input`` (T, B, F); ``hidden`` (T, B, D*H);
-``gates`` (T, B, D*3H); ``hidden_n`` (T, B, D*H); direction d owns the d-th block of
-columns of each.
+Layout (C-contiguous, packed rows as ``schedule`` describes, N of them): ``layer_input``
+(N, F); ``hidden`` (N, D*H); ``gates`` (N, D*3H); ``hidden_n`` (N, D*H); direction d owns
+the d-th block of columns of each.
 """
 
 import numpy as np
@@ -36,8 +36,9 @@ from .gated import (
     saved_bytes,
     zero_rows,
 )
-from .native import ARRAY, INDEX, export
+from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
+from .schedule import active_rows, last_step, row_piece
 
 GATES = 3
 
@@ -45,11 +46,12 @@ GATES = 3
 @jit_helper
 def _recur(
     layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, gates, hidden_n, keep,
-    gates_given, steps, batch, first_row, rows, hidden_size, directions, direction, h_n,
+    gates_given, batch_sizes, step_starts, lengths, steps, first_row, rows, hidden_size, directions, direction, h_n,
 ):
-    """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
+    """Run batch rows ``first_row:first_row+rows`` of one direction through their steps.
 
-    With ``project_steps`` each step first computes its own input projection from
+    Rows step as ``schedule`` says; a row that starts at a step reads h_0. With
+    ``project_steps`` each step first computes its own input projection from
     ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``gates_given`` the
     gates, and without ``keep`` h W_hn^T + b_hn, live in scratch.
     """
@@ -68,27 +70,39 @@ def _recur(
         n_buffer, n_ld = hidden_n, directions * size
     else:
         n_buffer, n_ld = np.empty(rows * size, dtype=dtype), size
-    previous, previous_at, previous_ld = h0, first_row * size, size
+    previous_at = 0
+    previous_rows = 0  # rows of this piece that took the step run before
     reverse = direction == 1
     for s in range(steps):
         t = steps - 1 - s if reverse else s
-        row_at = t * batch + first_row
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        carried = min(active, previous_rows)
+        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         n_at = row_at * n_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * size
         if project_steps:
-            zero_rows(gate_buffer, gate_at, gate_ld, rows, gate_size)
+            zero_rows(gate_buffer, gate_at, gate_ld, active, gate_size)
             packed_product(
-                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, rows, features,
+                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, active, features,
                 gate_size, scratch,
             )
-        zero_rows(products, 0, gate_size, rows, gate_size)
-        packed_product(previous, previous_at, previous_ld, packed_hh, products, 0, gate_size, rows, size, gate_size,
-                       scratch)
-        for r in range(rows):
+        zero_rows(products, 0, gate_size, active, gate_size)
+        if carried > 0:
+            packed_product(hidden, previous_at, out_ld, packed_hh, products, 0, gate_size, carried, size, gate_size,
+                           scratch)
+        if active > carried:
+            packed_product(h0, (first_row + carried) * size, size, packed_hh, products, carried * gate_size,
+                           gate_size, active - carried, size, gate_size, scratch)
+        for r in range(active):
             gate = gate_buffer[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
             product = products[r * gate_size : (r + 1) * gate_size]
-            before = previous[previous_at + r * previous_ld :][:size]
+            if r < carried:
+                before = hidden[previous_at + r * out_ld :][:size]
+            else:
+                before = h0[(first_row + r) * size :][:size]
             hidden_part = n_buffer[n_at + r * n_ld :][:size]
             result = hidden[out_at + r * out_ld :][:size]
             for j in range(size):
@@ -101,59 +115,76 @@ def _recur(
                 gate[2 * size + j] = new
                 hidden_part[j] = from_hidden
                 result[j] = (one - update) * new + update * before[j]
-        previous, previous_at, previous_ld = hidden, out_at, out_ld
+        previous_at, previous_rows = out_at, active
     for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
+        if last < 0:
+            source, source_at = h0, row * size
+        else:
+            source, source_at = hidden, (step_starts[last] + row) * out_ld + direction * size
         for c in range(size):
-            h_n[(first_row + r) * size + c] = previous[previous_at + r * previous_ld + c]
+            h_n[row * size + c] = source[source_at + c]
 
 
 @jit_helper
 def _backpropagate(
-    packed_hh, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, steps, batch, first_row, rows, hidden_size,
-    directions, direction, grad_h0, grad_gates, grad_hidden_n,
+    packed_hh, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps,
+    first_row, rows, hidden_size, directions, direction, grad_h0, grad_gates, grad_hidden_n,
 ):
     """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit ``grad_gates`` holds the
     gradient of the input-side pre-activations (r, z, n) and ``grad_hidden_n`` that of the
     hidden-side n block, r dLoss/dn_pre, laid out as ``gates`` and ``hidden_n``, which are
-    only read. ``packed_hh`` is W_hh as stored.
+    only read. ``packed_hh`` is W_hh as stored. Steps run in the reverse of the forward's
+    order; a row's dLoss/dh_0 comes from the step that read h_0.
     """
     size = hidden_size
     gate_size = GATES * size
     dtype = gates.dtype
     one = dtype.type(1.0)
+    zero = dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
     hidden_side = np.empty(rows * gate_size, dtype=dtype)
     gate_ld, n_ld, out_ld = directions * gate_size, directions * size, directions * size
     reverse = direction == 1
-    last_at = ((0 if reverse else steps - 1) * batch + first_row) * out_ld + direction * size
     for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
         for c in range(size):
-            grad_hidden[last_at + r * out_ld + c] += grad_h_n[(first_row + r) * size + c]
+            if last < 0:  # an empty sequence: h_n is h_0
+                grad_h0[row * size + c] = grad_h_n[row * size + c]
+            else:
+                grad_h0[row * size + c] = zero
+                grad_hidden[(step_starts[last] + row) * out_ld + direction * size + c] += grad_h_n[row * size + c]
     for s in range(steps):
         t = s if reverse else steps - 1 - s
-        row_at = t * batch + first_row
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        earlier = t + 1 if reverse else t - 1
+        carried = 0
+        earlier_at = 0
+        if 0 <= earlier < steps:
+            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
+            earlier_at = (step_starts[earlier] + first_row) * out_ld + direction * size
+        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size
         n_at = row_at * n_ld + direction * size
         out_at = row_at * out_ld + direction * size
-        if s < steps - 1:
-            earlier = t + 1 if reverse else t - 1
-            before_buffer, before_at, before_ld = hidden, (earlier * batch + first_row) * out_ld + direction * size, \
-                out_ld
-            target, target_at, target_ld = grad_hidden, before_at, out_ld
-        else:
-            before_buffer, before_at, before_ld = h0, first_row * size, size
-            zero_rows(grad_h0, first_row * size, size, rows, size)
-            target, target_at, target_ld = grad_h0, first_row * size, size
-        for r in range(rows):
+        for r in range(active):
             gate = gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
             grad_gate = grad_gates[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
             hidden_part = hidden_n[n_at + r * n_ld :][:size]
             grad_hidden_part = grad_hidden_n[n_at + r * n_ld :][:size]
             grad_h = grad_hidden[out_at + r * out_ld :][:size]
-            before = before_buffer[before_at + r * before_ld :][:size]
-            grad_before = target[target_at + r * target_ld :][:size]
+            if r < carried:
+                before = hidden[earlier_at + r * out_ld :][:size]
+                grad_before = grad_hidden[earlier_at + r * out_ld :][:size]
+            else:
+                before = h0[(first_row + r) * size :][:size]
+                grad_before = grad_h0[(first_row + r) * size :][:size]
             side = hidden_side[r * gate_size : (r + 1) * gate_size]
             for j in range(size):
                 reset = gate[j]
@@ -171,36 +202,41 @@ def _backpropagate(
                 side[size + j] = grad_update
                 side[2 * size + j] = grad_new * reset
                 grad_before[j] += grad * update
-        packed_product(hidden_side, 0, gate_size, packed_hh, target, target_at, target_ld, rows, gate_size, size,
-                       scratch)
+        if carried > 0:
+            packed_product(hidden_side, 0, gate_size, packed_hh, grad_hidden, earlier_at, out_ld, carried, gate_size,
+                           size, scratch)
+        if active > carried:
+            packed_product(hidden_side, carried * gate_size, gate_size, packed_hh, grad_h0,
+                           (first_row + carried) * size, size, active - carried, gate_size, size, scratch)
 
 
 def _recur_native(
     layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size, h0,
-    hidden, gates, hidden_n, keep, gates_given, steps, batch, first_row, rows, hidden_size, directions, direction,
-    h_n,
+    hidden, gates, hidden_n, keep, gates_given, batch_sizes, step_starts, lengths, steps, batch, total, first_row,
+    rows, hidden_size, directions, direction, h_n,
 ):
-    sequence = steps * batch * directions
+    sequence = total * directions
     kept = sequence if keep else 0
     _recur(
-        carray(layer_input, steps * batch * features), features, carray(packed_ih, packed_ih_size),
+        carray(layer_input, total * features), features, carray(packed_ih, packed_ih_size),
         carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
         carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
         carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(hidden_n, kept * hidden_size),
-        keep != 0, gates_given != 0, steps, batch,
-        first_row, rows, hidden_size, directions, direction, carray(h_n, batch * hidden_size),
+        keep != 0, gates_given != 0, carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch),
+        steps, first_row, rows, hidden_size, directions, direction, carray(h_n, batch * hidden_size),
     )
 
 
 def _backpropagate_native(
-    packed_hh, packed_hh_size, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, steps, batch, first_row, rows,
-    hidden_size, directions, direction, grad_h0, grad_gates, grad_hidden_n,
+    packed_hh, packed_hh_size, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths,
+    steps, batch, total, first_row, rows, hidden_size, directions, direction, grad_h0, grad_gates, grad_hidden_n,
 ):
-    sequence = steps * batch * directions
+    sequence = total * directions
     _backpropagate(
         carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
         carray(gates, sequence * GATES * hidden_size), carray(hidden_n, sequence * hidden_size),
-        carray(grad_hidden, sequence * hidden_size), carray(grad_h_n, batch * hidden_size), steps, batch,
+        carray(grad_hidden, sequence * hidden_size), carray(grad_h_n, batch * hidden_size),
+        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps,
         first_row, rows, hidden_size, directions, direction, carray(grad_h0, batch * hidden_size),
         carray(grad_gates, sequence * GATES * hidden_size), carray(grad_hidden_n, sequence * hidden_size),
     )
@@ -209,21 +245,22 @@ def _backpropagate_native(
 _recur_compiled = export(
     "gru_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
-    hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, gates_given=INDEX, steps=INDEX, batch=INDEX,
-    first_row=INDEX, rows=INDEX,
+    hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, gates_given=INDEX, batch_sizes=INDICES,
+    step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX,
     hidden_size=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY,
 )
 _backpropagate_compiled = export(
     "gru_backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY, hidden=ARRAY,
-    gates=ARRAY, hidden_n=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, steps=INDEX, batch=INDEX, first_row=INDEX,
-    rows=INDEX, hidden_size=INDEX, directions=INDEX, direction=INDEX, grad_h0=ARRAY, grad_gates=ARRAY,
-    grad_hidden_n=ARRAY,
+    gates=ARRAY, hidden_n=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, batch_sizes=INDICES, step_starts=INDICES,
+    lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,
+    directions=INDEX, direction=INDEX, grad_h0=ARRAY, grad_gates=ARRAY, grad_hidden_n=ARRAY,
 )
 
 
 def _forward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, biases_ih, biases_hh, h0, hidden, gates,
-    hidden_n, keep, steps, batch, hidden_size, h_n, pieces, blas_single_threaded,
+    hidden_n, keep, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, h_n, pieces,
+    blas_single_threaded,
 ):
     """Fill ``hidden`` and ``h_n`` (and with ``keep`` the saved buffers) for one layer.
 
@@ -243,10 +280,10 @@ def _forward_layer(
         packed_ih_first, packed_ih_second = pack_pair(like, weights_ih, directions, features, gate_size, True)
     for task in prange(directions * pieces):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         if hoisted:
             gemm_at(
-                float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
+                float_size, NO_TRANS, TRANS, total, gate_size, features, layer_input.ctypes.data, features,
                 weights_ih[direction].ctypes.data, features, 0.0,
                 gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
             )
@@ -256,16 +293,17 @@ def _forward_layer(
             like, layer_input.ctypes.data, features, packed_ih.ctypes.data, packed_size(packed_ih, float_size),
             biases_ih[direction].ctypes.data, biases_hh[direction].ctypes.data, project_steps,
             packed_hh.ctypes.data, packed_size(packed_hh, float_size), h0[direction].ctypes.data, hidden.ctypes.data,
-            gates.ctypes.data, hidden_n.ctypes.data, keep, gates_given, steps, batch, first, rows, hidden_size,
-            directions,
+            gates.ctypes.data, hidden_n.ctypes.data, keep, gates_given, batch_sizes.ctypes.data,
+            step_starts.ctypes.data, lengths.ctypes.data, steps, batch, total, first, rows, hidden_size, directions,
             direction, h_n[direction].ctypes.data,
         )
 
 
 def _backward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, h0, hidden, gates, hidden_n, grad_hidden,
-    grad_h_n, grad_h0, steps, batch, hidden_size, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
-    has_bias, grad_input, grad_gates, grad_hidden_n, pieces, blas_single_threaded,
+    grad_h_n, grad_h0, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, grads_weight_ih,
+    grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, grad_gates, grad_hidden_n, pieces,
+    blas_single_threaded,
 ):
     """Backpropagate one layer: through time by batch pieces, then the whole-sequence
     products (weight gradients, bias sums, the input gradient) by unit and row ranges."""
@@ -277,15 +315,16 @@ def _backward_layer(
     tasks = directions * pieces
     for task in prange(tasks):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         packed_hh = packed_hh_first if direction == 0 else packed_hh_second
         _backpropagate_compiled(
             like, packed_hh.ctypes.data, packed_size(packed_hh, float_size), h0[direction].ctypes.data,
             hidden.ctypes.data, gates.ctypes.data, hidden_n.ctypes.data, grad_hidden.ctypes.data,
-            grad_h_n[direction].ctypes.data, steps, batch, first, rows, hidden_size, directions, direction,
+            grad_h_n[direction].ctypes.data, batch_sizes.ctypes.data, step_starts.ctypes.data, lengths.ctypes.data,
+            steps, batch, total, first, rows, hidden_size, directions, direction,
             grad_h0[direction].ctypes.data, grad_gates.ctypes.data, grad_hidden_n.ctypes.data,
         )
-    sequence_rows = steps * batch
+    sequence_rows = total
     width = directions * size
     for task in prange(tasks):
         direction = task // pieces
@@ -301,15 +340,15 @@ def _backward_layer(
         # The hidden side: r and z share the input side's gradient, n has its own in hidden_n.
         shared_units = max(0, min(first_unit + units, 2 * size) - first_unit)
         recurrent_weight_gradient(
-            float_size, grad_gates, column, gate_ld, hidden, h0[direction], steps, batch, size, width, direction,
-            first_unit, shared_units, grads_weight_hh[direction],
+            float_size, grad_gates, column, gate_ld, hidden, h0[direction], batch_sizes, step_starts, steps, size,
+            width, direction, first_unit, shared_units, grads_weight_hh[direction],
         )
         first_n = max(first_unit, 2 * size)
         n_units = first_unit + units - first_n
         if n_units > 0:
             recurrent_weight_gradient(
-                float_size, grad_hidden_n, direction * size - 2 * size, width, hidden, h0[direction], steps, batch,
-                size, width, direction, first_n, n_units, grads_weight_hh[direction],
+                float_size, grad_hidden_n, direction * size - 2 * size, width, hidden, h0[direction], batch_sizes,
+                step_starts, steps, size, width, direction, first_n, n_units, grads_weight_hh[direction],
             )
         if has_bias:
             column_sums(like, grad_gates, column + first_unit, sequence_rows, shared_units, gate_ld,
@@ -344,8 +383,8 @@ def forward(call, finals) -> None:
         forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
         call.initial[0], call.hidden, saved_bytes(call, "gates") if call.saved else inference_gates(call, GATES),
-        saved_bytes(call, "hidden_n"), bool(call.saved),
-        call.steps, call.batch, spec.hidden_size, finals[0],
+        saved_bytes(call, "hidden_n"), bool(call.saved), call.batch_sizes, call.step_starts, call.lengths,
+        call.steps, call.batch, call.total, spec.hidden_size, finals[0],
     )
 
 
@@ -356,7 +395,8 @@ def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -
         backward_layer, backward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden,
         saved_bytes(call, "gates"), saved_bytes(call, "hidden_n"), grad_hidden, grad_finals[0], grad_initials[0],
-        call.steps, call.batch, spec.hidden_size, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
+        call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size,
+        grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
         grads["bias_hh"], spec.bias, grad_input, np.empty_like(saved_bytes(call, "gates")),
         np.empty_like(saved_bytes(call, "hidden_n")),
     )

@@ -14,9 +14,9 @@ reads them without writing, into a gates-sized buffer of its own for the gradien
 pre-activations, so a forward can be differentiated more than once. Inference keeps none
 of it: each piece works in O(rows * H) scratch.
 
-Layout (C-contiguous, time-major): ``layer_input`` (T, B, F); ``hidden`` (T, B, D*P);
-``gates`` (T, B, D*4H); ``cells`` and ``unprojected`` (T, B, D*H); direction d owns
-the d-th block of columns of each.
+Layout (C-contiguous, packed rows as ``schedule`` describes, N of them): ``layer_input``
+(N, F); ``hidden`` (N, D*P); ``gates`` (N, D*4H); ``cells`` and ``unprojected`` (N, D*H);
+direction d owns the d-th block of columns of each.
 """
 
 import numpy as np
@@ -36,8 +36,9 @@ from .gated import (
     saved_bytes,
     zero_rows,
 )
-from .native import ARRAY, INDEX, export
+from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
+from .schedule import active_rows, last_step, row_piece
 
 GATES = 4
 
@@ -45,15 +46,16 @@ GATES = 4
 @jit_helper
 def _recur(
     layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, packed_hr, h0, c0, hidden, gates,
-    cells, unprojected, keep, gates_given, steps, batch, first_row, rows, hidden_size, output_size, projected,
-    directions, direction, h_n, c_n,
+    cells, unprojected, keep, gates_given, batch_sizes, step_starts, lengths, steps, first_row, rows, hidden_size,
+    output_size, projected, directions, direction, h_n, c_n,
 ):
-    """Run batch rows ``first_row:first_row+rows`` of one direction through every step.
+    """Run batch rows ``first_row:first_row+rows`` of one direction through their steps.
 
-    With ``project_steps`` each step first computes its own input projection from
+    Rows step as ``schedule`` says; a row that starts at a step reads h_0 and c_0. With
+    ``project_steps`` each step first computes its own input projection from
     ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``gates_given`` the
     gates, and without ``keep`` the cell state and o tanh(c), live in scratch, overwritten
-    step after step.
+    step after step (a row's scratch keeps its cell state while the row waits or is done).
     """
     size = hidden_size
     gate_size = GATES * size
@@ -72,32 +74,46 @@ def _recur(
     else:
         cell_buffer, cell_ld = np.empty(rows * size, dtype=dtype), size
         unprojected_buffer = np.empty(rows * size if projected else 0, dtype=dtype)
-    previous, previous_at, previous_ld = h0, first_row * output_size, output_size
-    cell_previous, cell_previous_at, cell_previous_ld = c0, first_row * size, size
+    previous_at = 0
+    cell_previous_at = 0
+    previous_rows = 0  # rows of this piece that took the step run before
     reverse = direction == 1
     for s in range(steps):
         t = steps - 1 - s if reverse else s
-        row_at = t * batch + first_row
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        carried = min(active, previous_rows)
+        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         cell_at = row_at * cell_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * output_size
         if project_steps:
-            zero_rows(gate_buffer, gate_at, gate_ld, rows, gate_size)
+            zero_rows(gate_buffer, gate_at, gate_ld, active, gate_size)
             packed_product(
-                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, rows, features,
+                layer_input, row_at * features, features, packed_ih, gate_buffer, gate_at, gate_ld, active, features,
                 gate_size, scratch,
             )
-        packed_product(
-            previous, previous_at, previous_ld, packed_hh, gate_buffer, gate_at, gate_ld, rows, output_size,
-            gate_size, scratch,
-        )
-        for r in range(rows):
+        if carried > 0:
+            packed_product(
+                hidden, previous_at, out_ld, packed_hh, gate_buffer, gate_at, gate_ld, carried, output_size,
+                gate_size, scratch,
+            )
+        if active > carried:
+            packed_product(
+                h0, (first_row + carried) * output_size, output_size, packed_hh, gate_buffer,
+                gate_at + carried * gate_ld, gate_ld, active - carried, output_size, gate_size, scratch,
+            )
+        for r in range(active):
             at = gate_at + r * gate_ld
             # One view per gate block, each indexed from 0: LLVM vectorises the loop below
             # over j, with the nonlinearities as plain arithmetic.
             gate_i, gate_f = gate_buffer[at : at + size], gate_buffer[at + size : at + 2 * size]
             gate_g, gate_o = gate_buffer[at + 2 * size : at + 3 * size], gate_buffer[at + 3 * size : at + gate_size]
-            cell_before = cell_previous[cell_previous_at + r * cell_previous_ld :][:size]
+            if r < carried:
+                cell_before = cell_buffer[cell_previous_at + r * cell_ld :][:size]
+            else:
+                cell_before = c0[(first_row + r) * size :][:size]
             cell = cell_buffer[cell_at + r * cell_ld :][:size]
             if projected:
                 result = unprojected_buffer[cell_at + r * cell_ld :][:size]
@@ -118,36 +134,46 @@ def _recur(
             for j in range(size):
                 result[j] = gate_o[j] * tanh(cell[j])
         if projected:
-            zero_rows(hidden, out_at, out_ld, rows, output_size)
+            zero_rows(hidden, out_at, out_ld, active, output_size)
             packed_product(
-                unprojected_buffer, cell_at, cell_ld, packed_hr, hidden, out_at, out_ld, rows, size, output_size,
+                unprojected_buffer, cell_at, cell_ld, packed_hr, hidden, out_at, out_ld, active, size, output_size,
                 scratch,
             )
-        previous, previous_at, previous_ld = hidden, out_at, out_ld
-        cell_previous, cell_previous_at, cell_previous_ld = cell_buffer, cell_at, cell_ld
+        previous_at, cell_previous_at, previous_rows = out_at, cell_at, active
     for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
+        if last < 0:
+            h_from, h_at, c_from, c_at = h0, row * output_size, c0, row * size
+        else:
+            at = step_starts[last] + row
+            h_from, h_at = hidden, at * out_ld + direction * output_size
+            c_from, c_at = cell_buffer, (at * cell_ld + direction * size) if keep else r * size
         for c in range(output_size):
-            h_n[(first_row + r) * output_size + c] = previous[previous_at + r * previous_ld + c]
+            h_n[row * output_size + c] = h_from[h_at + c]
         for c in range(size):
-            c_n[(first_row + r) * size + c] = cell_previous[cell_previous_at + r * cell_previous_ld + c]
+            c_n[row * size + c] = c_from[c_at + c]
 
 
 @jit_helper
 def _backpropagate(
-    packed_hh, packed_hr, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, steps, batch, first_row, rows,
-    hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0, grad_gates,
+    packed_hh, packed_hr, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, batch_sizes, step_starts, lengths,
+    steps, first_row, rows, hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0, grad_gates,
 ):
     """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
 
     On entry ``grad_hidden`` holds dLoss/dh_t from above; on exit it holds the total
     dLoss/dh_t of this direction's block, and ``grad_gates`` (laid out as ``gates``, which
     is only read, so a second backward of one forward gives the same result) holds
-    dLoss/dz_t, the gradient of the gate pre-activations. ``packed_hh`` and ``packed_hr`` are W_hh and W_hr as stored.
+    dLoss/dz_t, the gradient of the gate pre-activations. ``packed_hh`` and ``packed_hr``
+    are W_hh and W_hr as stored. Steps run in the reverse of the forward's order; a row's
+    dLoss/dh_0 comes from the step that read h_0.
     """
     size = hidden_size
     gate_size = GATES * size
     dtype = gates.dtype
     one = dtype.type(1.0)
+    zero = dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
     gate_ld, cell_ld, out_ld = directions * gate_size, directions * size, directions * output_size
     grad_cell = np.empty(rows * size, dtype=dtype)
@@ -156,64 +182,75 @@ def _backpropagate(
             grad_cell[r * size + j] = grad_c_n[(first_row + r) * size + j]
     grad_unprojected = np.empty(rows * size if projected else 0, dtype=dtype)
     reverse = direction == 1
-    last_at = ((0 if reverse else steps - 1) * batch + first_row) * out_ld + direction * output_size
     for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
         for c in range(output_size):
-            grad_hidden[last_at + r * out_ld + c] += grad_h_n[(first_row + r) * output_size + c]
+            if last < 0:  # an empty sequence: h_n is h_0
+                grad_h0[row * output_size + c] = grad_h_n[row * output_size + c]
+            else:
+                grad_h0[row * output_size + c] = zero
+                grad_hidden[(step_starts[last] + row) * out_ld + direction * output_size + c] += \
+                    grad_h_n[row * output_size + c]
     for s in range(steps):
         t = s if reverse else steps - 1 - s
-        row_at = t * batch + first_row
+        active = active_rows(batch_sizes, t, first_row, rows)
+        if active == 0:
+            continue
+        earlier = t + 1 if reverse else t - 1
+        carried = 0
+        earlier_at = 0
+        if 0 <= earlier < steps:
+            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
+            earlier_at = step_starts[earlier] + first_row
+        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size
         cell_at = row_at * cell_ld + direction * size
         out_at = row_at * out_ld + direction * output_size
         if projected:
-            zero_rows(grad_unprojected, 0, size, rows, size)
+            zero_rows(grad_unprojected, 0, size, active, size)
             packed_product(
-                grad_hidden, out_at, out_ld, packed_hr, grad_unprojected, 0, size, rows, output_size, size, scratch
+                grad_hidden, out_at, out_ld, packed_hr, grad_unprojected, 0, size, active, output_size, size, scratch
             )
             source, source_at, source_ld = grad_unprojected, 0, size
         else:
             source, source_at, source_ld = grad_hidden, out_at, out_ld
-        if s < steps - 1:
-            earlier = t + 1 if reverse else t - 1
-            cell_before_buffer, cell_before_at, cell_before_ld = cells, (earlier * batch + first_row) * cell_ld + \
-                direction * size, cell_ld
-        else:
-            cell_before_buffer, cell_before_at, cell_before_ld = c0, first_row * size, size
-        for r in range(rows):
+        for r in range(active):
             at = gate_at + r * gate_ld
             gate_i, gate_f = gates[at : at + size], gates[at + size : at + 2 * size]
             gate_g, gate_o = gates[at + 2 * size : at + 3 * size], gates[at + 3 * size : at + gate_size]
             grad_i, grad_f = grad_gates[at : at + size], grad_gates[at + size : at + 2 * size]
             grad_g, grad_o = grad_gates[at + 2 * size : at + 3 * size], grad_gates[at + 3 * size : at + gate_size]
             cell = cells[cell_at + r * cell_ld :][:size]
-            cell_before = cell_before_buffer[cell_before_at + r * cell_before_ld :][:size]
+            if r < carried:
+                cell_before = cells[(earlier_at + r) * cell_ld + direction * size :][:size]
+            else:
+                cell_before = c0[(first_row + r) * size :][:size]
             grad_result = source[source_at + r * source_ld :][:size]
-            carried = grad_cell[r * size : (r + 1) * size]
+            carried_grad = grad_cell[r * size : (r + 1) * size]
             # Loops of a few arrays each, so that each is vector code (see ``_recur``).
             for j in range(size):
                 tanh_c = tanh(cell[j])
                 grad_o[j] = grad_result[j] * tanh_c * gate_o[j] * (one - gate_o[j])
             for j in range(size):
                 tanh_c = tanh(cell[j])
-                carried[j] += grad_result[j] * gate_o[j] * (one - tanh_c * tanh_c)
+                carried_grad[j] += grad_result[j] * gate_o[j] * (one - tanh_c * tanh_c)
             for j in range(size):
-                grad_i[j] = carried[j] * gate_g[j] * gate_i[j] * (one - gate_i[j])
+                grad_i[j] = carried_grad[j] * gate_g[j] * gate_i[j] * (one - gate_i[j])
             for j in range(size):
-                grad_g[j] = carried[j] * gate_i[j] * (one - gate_g[j] * gate_g[j])
+                grad_g[j] = carried_grad[j] * gate_i[j] * (one - gate_g[j] * gate_g[j])
             for j in range(size):
-                grad_f[j] = carried[j] * cell_before[j] * gate_f[j] * (one - gate_f[j])
+                grad_f[j] = carried_grad[j] * cell_before[j] * gate_f[j] * (one - gate_f[j])
             for j in range(size):
-                carried[j] *= gate_f[j]
-        if s < steps - 1:
-            earlier = t + 1 if reverse else t - 1
-            target, target_at, target_ld = grad_hidden, (earlier * batch + first_row) * out_ld + \
-                direction * output_size, out_ld
-        else:
-            zero_rows(grad_h0, first_row * output_size, output_size, rows, output_size)
-            target, target_at, target_ld = grad_h0, first_row * output_size, output_size
-        packed_product(grad_gates, gate_at, gate_ld, packed_hh, target, target_at, target_ld, rows, gate_size,
-                       output_size, scratch)
+                carried_grad[j] *= gate_f[j]
+        if carried > 0:
+            packed_product(grad_gates, gate_at, gate_ld, packed_hh, grad_hidden,
+                           earlier_at * out_ld + direction * output_size, out_ld, carried, gate_size, output_size,
+                           scratch)
+        if active > carried:
+            packed_product(grad_gates, gate_at + carried * gate_ld, gate_ld, packed_hh, grad_h0,
+                           (first_row + carried) * output_size, output_size, active - carried, gate_size,
+                           output_size, scratch)
     for r in range(rows):
         for j in range(size):
             grad_c0[(first_row + r) * size + j] = grad_cell[r * size + j]
@@ -221,35 +258,37 @@ def _backpropagate(
 
 def _recur_native(
     layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
-    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, gates_given, steps, batch, first_row,
-    rows,
-    hidden_size, output_size, projected, directions, direction, h_n, c_n,
+    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, gates_given, batch_sizes,
+    step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected, directions,
+    direction, h_n, c_n,
 ):
-    sequence = steps * batch * directions
+    sequence = total * directions
     kept = sequence if keep else 0
     _recur(
-        carray(layer_input, steps * batch * features), features, carray(packed_ih, packed_ih_size),
+        carray(layer_input, total * features), features, carray(packed_ih, packed_ih_size),
         carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
         carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(h0, batch * output_size),
         carray(c0, batch * hidden_size), carray(hidden, sequence * output_size),
         carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(cells, kept * hidden_size),
-        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, gates_given != 0, steps, batch,
-        first_row, rows,
+        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, gates_given != 0,
+        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps, first_row, rows,
         hidden_size, output_size, projected != 0, directions, direction, carray(h_n, batch * output_size),
         carray(c_n, batch * hidden_size),
     )
 
 
 def _backpropagate_native(
-    packed_hh, packed_hh_size, packed_hr, packed_hr_size, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, steps,
-    batch, first_row, rows, hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0, grad_gates,
+    packed_hh, packed_hh_size, packed_hr, packed_hr_size, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n,
+    batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected,
+    directions, direction, grad_h0, grad_c0, grad_gates,
 ):
-    sequence = steps * batch * directions
+    sequence = total * directions
     _backpropagate(
         carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(c0, batch * hidden_size),
         carray(gates, sequence * GATES * hidden_size), carray(cells, sequence * hidden_size),
         carray(grad_hidden, sequence * output_size), carray(grad_h_n, batch * output_size),
-        carray(grad_c_n, batch * hidden_size), steps, batch, first_row, rows, hidden_size, output_size,
+        carray(grad_c_n, batch * hidden_size), carray(batch_sizes, steps), carray(step_starts, steps),
+        carray(lengths, batch), steps, first_row, rows, hidden_size, output_size,
         projected != 0, directions, direction, carray(grad_h0, batch * output_size),
         carray(grad_c0, batch * hidden_size), carray(grad_gates, sequence * GATES * hidden_size),
     )
@@ -259,27 +298,29 @@ _recur_compiled = export(
     "lstm_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, h0=ARRAY, c0=ARRAY, hidden=ARRAY, gates=ARRAY, cells=ARRAY, unprojected=ARRAY,
-    keep=INDEX, gates_given=INDEX, steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,
-    output_size=INDEX,
-    projected=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
+    keep=INDEX, gates_given=INDEX, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX,
+    batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX, projected=INDEX,
+    directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
 )
 _backpropagate_compiled = export(
     "lstm_backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, c0=ARRAY, gates=ARRAY, cells=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, grad_c_n=ARRAY,
-    steps=INDEX, batch=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX, projected=INDEX,
-    directions=INDEX, direction=INDEX, grad_h0=ARRAY, grad_c0=ARRAY, grad_gates=ARRAY,
+    batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX,
+    first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX, projected=INDEX, directions=INDEX,
+    direction=INDEX, grad_h0=ARRAY, grad_c0=ARRAY, grad_gates=ARRAY,
 )
 
 
 def _forward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, biases_ih, biases_hh, weights_hr, h0, c0,
-    hidden, gates, cells, unprojected, keep, steps, batch, hidden_size, output_size, projected, h_n, c_n, pieces,
-    blas_single_threaded,
+    hidden, gates, cells, unprojected, keep, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size,
+    output_size, projected, h_n, c_n, pieces, blas_single_threaded,
 ):
     """Fill ``hidden``, ``h_n`` and ``c_n`` (and with ``keep`` the saved buffers) for one layer.
 
     Pairs and pieces as in the Elman kernels. In training on one thread one GEMM per
     direction projects every step into ``gates``; otherwise each piece projects step by step.
+    Rows are packed as ``schedule`` lays them out.
     """
     float_size = like.itemsize
     gate_size = GATES * hidden_size
@@ -299,10 +340,10 @@ def _forward_layer(
         )
     for task in prange(directions * pieces):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         if hoisted:
             gemm_at(
-                float_size, NO_TRANS, TRANS, steps * batch, gate_size, features, layer_input.ctypes.data, features,
+                float_size, NO_TRANS, TRANS, total, gate_size, features, layer_input.ctypes.data, features,
                 weights_ih[direction].ctypes.data, features, 0.0,
                 gates.ctypes.data + direction * gate_size * float_size, directions * gate_size,
             )
@@ -316,17 +357,17 @@ def _forward_layer(
             packed_hh.ctypes.data, packed_size(packed_hh, float_size), packed_hr.ctypes.data,
             packed_size(packed_hr, float_size),
             h0[direction].ctypes.data, c0[direction].ctypes.data, hidden.ctypes.data, gates.ctypes.data,
-            cells.ctypes.data, unprojected.ctypes.data, keep, gates_given, steps, batch, first, rows, hidden_size,
-            output_size,
+            cells.ctypes.data, unprojected.ctypes.data, keep, gates_given, batch_sizes.ctypes.data,
+            step_starts.ctypes.data, lengths.ctypes.data, steps, batch, total, first, rows, hidden_size, output_size,
             projected, directions, direction, h_n[direction].ctypes.data, c_n[direction].ctypes.data,
         )
 
 
 def _backward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, weights_hr, h0, c0, hidden, gates, cells,
-    unprojected, grad_hidden, grad_h_n, grad_c_n, grad_h0, grad_c0, steps, batch, hidden_size, output_size,
-    projected, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, grads_weight_hr, has_bias,
-    grad_input, grad_gates, pieces, blas_single_threaded,
+    unprojected, grad_hidden, grad_h_n, grad_c_n, grad_h0, grad_c0, batch_sizes, step_starts, lengths, steps, batch,
+    total, hidden_size, output_size, projected, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
+    grads_weight_hr, has_bias, grad_input, grad_gates, pieces, blas_single_threaded,
 ):
     """Backpropagate one layer: through time by batch pieces, then the whole-sequence
     products (weight gradients, bias sums, the input gradient) by direction and row ranges."""
@@ -342,17 +383,18 @@ def _backward_layer(
     tasks = directions * pieces
     for task in prange(tasks):
         direction = task // pieces
-        first, rows = piece(batch, pieces, task % pieces)
+        first, rows = row_piece(lengths, batch, pieces, task % pieces)
         packed_hh = packed_hh_first if direction == 0 else packed_hh_second
         packed_hr = packed_hr_first if direction == 0 else packed_hr_second
         _backpropagate_compiled(
             like, packed_hh.ctypes.data, packed_size(packed_hh, float_size), packed_hr.ctypes.data,
             packed_size(packed_hr, float_size), c0[direction].ctypes.data, gates.ctypes.data, cells.ctypes.data,
-            grad_hidden.ctypes.data, grad_h_n[direction].ctypes.data, grad_c_n[direction].ctypes.data, steps,
-            batch, first, rows, hidden_size, output_size, projected, directions, direction,
+            grad_hidden.ctypes.data, grad_h_n[direction].ctypes.data, grad_c_n[direction].ctypes.data,
+            batch_sizes.ctypes.data, step_starts.ctypes.data, lengths.ctypes.data, steps, batch, total, first, rows,
+            hidden_size, output_size, projected, directions, direction,
             grad_h0[direction].ctypes.data, grad_c0[direction].ctypes.data, grad_gates.ctypes.data,
         )
-    sequence_rows = steps * batch
+    sequence_rows = total
     if projected:
         # In a loop of its own: inside the loop below, numba's threaded build of this
         # conditional product gave wrong input and weight gradients.
@@ -371,7 +413,8 @@ def _backward_layer(
             features, grads_weight_ih[direction], first_unit * features, features,
         )
         recurrent_weight_gradient(
-            float_size, grad_gates, column, gate_ld, hidden, h0[direction], steps, batch, output_size,
+            float_size, grad_gates, column, gate_ld, hidden, h0[direction], batch_sizes, step_starts, steps,
+            output_size,
             directions * output_size, direction, first_unit, units, grads_weight_hh[direction],
         )
         if has_bias:
@@ -415,8 +458,9 @@ def forward(call, finals) -> None:
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
         params["weight_hr"], call.initial[0], call.initial[1], call.hidden,
         saved_bytes(call, "gates") if keep else inference_gates(call, GATES),
-        saved_bytes(call, "cells"), saved_bytes(call, "unprojected"), keep, call.steps, call.batch, spec.hidden_size,
-        spec.output_size, spec.proj_size > 0, finals[0], finals[1],
+        saved_bytes(call, "cells"), saved_bytes(call, "unprojected"), keep, call.batch_sizes, call.step_starts,
+        call.lengths, call.steps, call.batch, call.total, spec.hidden_size, spec.output_size, spec.proj_size > 0,
+        finals[0], finals[1],
     )
 
 
@@ -428,8 +472,9 @@ def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -
         spec.directions, params["weight_ih"], params["weight_hh"], params["weight_hr"], call.initial[0],
         call.initial[1], call.hidden, saved_bytes(call, "gates"), saved_bytes(call, "cells"),
         saved_bytes(call, "unprojected"),
-        grad_hidden, grad_finals[0], grad_finals[1], grad_initials[0], grad_initials[1], call.steps, call.batch,
-        spec.hidden_size, spec.output_size, spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
+        grad_hidden, grad_finals[0], grad_finals[1], grad_initials[0], grad_initials[1], call.batch_sizes,
+        call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size, spec.output_size,
+        spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
         grads["bias_ih"], grads["bias_hh"], grads["weight_hr"], spec.bias, grad_input,
         np.empty_like(saved_bytes(call, "gates")),
     )

@@ -23,10 +23,11 @@ from numba.extending import overload
 
 FLOAT_TYPES = {"float32": types.float32, "float64": types.float64}
 
-# The kinds of argument an exported kernel takes: a float array (passed as its address)
-# or a 64-bit integer (a size, an offset or a flag).
+# The kinds of argument an exported kernel takes: a float array (passed as its address),
+# a 64-bit integer (a size, an offset or a flag), or an array of them (passed as its address).
 ARRAY = "array"
 INDEX = "index"
+INDICES = "indices"
 
 
 def _argument_type(kind: str, scalar):
@@ -34,7 +35,9 @@ def _argument_type(kind: str, scalar):
         return types.CPointer(scalar)
     if kind == INDEX:
         return types.int64
-    raise ValueError(f"argument kinds are {ARRAY!r} and {INDEX!r}, got {kind!r}")
+    if kind == INDICES:
+        return types.CPointer(types.int64)
+    raise ValueError(f"argument kinds are {ARRAY!r}, {INDEX!r} and {INDICES!r}, got {kind!r}")
 
 
 @dataclass
@@ -74,7 +77,7 @@ def export(name: str, function: Callable, **arguments: str) -> Callable:
     _ready.clear()
     externals = {}
     for dtype_name in FLOAT_TYPES:
-        as_called = [types.voidptr if kind == ARRAY else types.int64 for kind in kinds]
+        as_called = [types.int64 if kind == INDEX else types.voidptr for kind in kinds]
         externals[dtype_name] = types.ExternalFunction(_symbol(name, dtype_name), types.void(*as_called))
 
     def call(like, *arguments):

@@ -1,0 +1,106 @@
+"""The compiled engine's row layout for a batch of sequences: packed, longest first.
+
+See ``_kernels/schedule`` for what the kernels make of it. Here the caller's padded
+time-major arrays go to that layout and back: for a batch of equal lengths both ways
+are free reshapes; otherwise the batch is sorted by length (stably, so equal lengths
+keep their order) and each step keeps only the rows of the sequences that have it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Schedule:
+    padded_steps: int  # T of the caller's arrays
+    batch: int
+    lengths: np.ndarray  # (B,) int64 in the kernels' row order: non-increasing
+    order: np.ndarray | None  # kernel row i is the caller's sequence order[i]; None: the caller's order, unpacked
+
+    @classmethod
+    def full(cls, steps: int, batch: int) -> Schedule:
+        return cls(steps, batch, np.full(batch, steps, dtype=np.int64), None)
+
+    @classmethod
+    def of_lengths(cls, lengths: np.ndarray, steps: int) -> Schedule:
+        if np.all(lengths == steps):
+            return cls.full(steps, len(lengths))
+        order = np.argsort(-lengths, kind="stable")
+        return cls(steps, len(lengths), np.ascontiguousarray(lengths[order]), order)
+
+    @cached_property
+    def steps(self) -> int:
+        """The steps the kernels run: up to the longest sequence."""
+        return int(self.lengths[0]) if self.batch else 0
+
+    @cached_property
+    def batch_sizes(self) -> np.ndarray:
+        """(steps,) int64: how many sequences have step t, torch's ``PackedSequence.batch_sizes``."""
+        counts = np.bincount(self.lengths, minlength=self.steps + 1)
+        return np.ascontiguousarray(self.batch - np.cumsum(counts)[: self.steps], dtype=np.int64)
+
+    @cached_property
+    def step_starts(self) -> np.ndarray:
+        """(steps,) int64: the packed row of each step's first sequence."""
+        starts = np.zeros(self.steps, dtype=np.int64)
+        np.cumsum(self.batch_sizes[:-1], out=starts[1:])
+        return starts
+
+    @cached_property
+    def total(self) -> int:
+        """Packed rows: the real steps of all sequences."""
+        return int(self.lengths.sum())
+
+    @cached_property
+    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(step, caller's batch index) of every packed row."""
+        steps = np.repeat(np.arange(self.steps), self.batch_sizes)
+        within = np.arange(self.total) - np.repeat(self.step_starts, self.batch_sizes)
+        return steps, self.order[within]
+
+    def pack(self, padded: np.ndarray) -> np.ndarray:
+        """A caller's (T, B, W) time-major array as (packed rows, W), C-contiguous.
+
+        Unpacked schedules return a view, so a fresh ``padded`` stays the caller's to give.
+        """
+        if self.order is None:
+            return np.ascontiguousarray(padded).reshape(-1, padded.shape[-1])
+        steps, rows = self._positions
+        return padded[steps, rows]
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """(packed rows, W) back to the caller's (T, B, W), zero past each sequence's end."""
+        width = packed.shape[-1]
+        if self.order is None:
+            return packed.reshape(self.padded_steps, self.batch, width)
+        padded = np.zeros((self.padded_steps, self.batch, width), dtype=packed.dtype)
+        steps, rows = self._positions
+        padded[steps, rows] = packed
+        return padded
+
+    def to_rows(self, states: np.ndarray) -> np.ndarray:
+        """A stacked state (S, B, W) in the kernels' row order, C-contiguous."""
+        return states if self.order is None else np.ascontiguousarray(states[:, self.order])
+
+    def from_rows(self, states: np.ndarray) -> np.ndarray:
+        """The inverse of ``to_rows``."""
+        if self.order is None:
+            return states
+        restored = np.empty_like(states)
+        restored[:, self.order] = states
+        return restored
+
+    def chunk(self, start: int, stop: int) -> Schedule:
+        """Steps ``start:stop`` of this schedule as a schedule of their own (same row order)."""
+        lengths = np.clip(self.lengths - start, 0, stop - start)
+        return Schedule(stop - start, self.batch, lengths, self.order if self.order is not None else None)
+
+    def packed_rows(self, start: int, stop: int) -> slice:
+        """The packed rows of steps ``start:stop``."""
+        first = int(self.step_starts[start]) if start < self.steps else self.total
+        last = int(self.step_starts[stop]) if stop < self.steps else self.total
+        return slice(first, last)
