@@ -26,7 +26,7 @@ from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
-from .schedule import active_rows, last_step, recurrent_blocks, row_piece
+from .schedule import backward_step, forward_step, recurrent_blocks, row_piece, seed_final_gradients, take_final_states
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -134,12 +134,10 @@ def _recur(
     previous_at = 0
     previous_rows = 0  # rows of this piece that took the step run before
     for s in range(steps):
-        t = steps - 1 - s if reverse else s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at = forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows,
+                                                  previous_rows)
         if active == 0:
             continue
-        carried = min(active, previous_rows)
-        row_at = step_starts[t] + first_row
         current = row_at * width + offset
         if project_steps:
             zero = hidden.dtype.type(0.0)
@@ -163,15 +161,7 @@ def _recur(
             )
         _activate_block(hidden, current, width, active, hidden_size, bias, use_relu)
         previous_at, previous_rows = current, active
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        if last < 0:
-            source, source_at = h0, row * hidden_size
-        else:
-            source, source_at = hidden, (step_starts[last] + row) * width + offset
-        for c in range(hidden_size):
-            h_n[row * hidden_size + c] = source[source_at + c]
+    take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, width, offset, h0, h_n, hidden_size)
 
 
 @jit_helper
@@ -186,29 +176,16 @@ def _backpropagate(
     which comes from the step that read h_0 (h_n itself for an empty sequence).
     dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed, packed by ``pack_bytes``.
     """
-    zero = grad_hidden.dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        for c in range(hidden_size):
-            if last < 0:
-                grad_h0[row * hidden_size + c] = grad_h_n[row * hidden_size + c]
-            else:
-                grad_h0[row * hidden_size + c] = zero
-                grad_hidden[(step_starts[last] + row) * width + offset + c] += grad_h_n[row * hidden_size + c]
+    seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, width, offset, grad_h0,
+                         hidden_size)
     for s in range(steps):
-        t = s if reverse else steps - 1 - s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at, earlier_row = backward_step(batch_sizes, step_starts, steps, s, reverse,
+                                                                first_row, rows)
         if active == 0:
             continue
-        earlier = t + 1 if reverse else t - 1
-        carried = 0
-        earlier_at = 0
-        if 0 <= earlier < steps:
-            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
-            earlier_at = (step_starts[earlier] + first_row) * width + offset
-        current = (step_starts[t] + first_row) * width + offset
+        earlier_at = earlier_row * width + offset
+        current = row_at * width + offset
         _scale_by_activation_grad(grad_hidden, hidden, current, width, active, hidden_size, use_relu)
         if carried > 0:
             packed_product(

@@ -38,7 +38,7 @@ from .gated import (
 )
 from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
-from .schedule import active_rows, last_step, row_piece
+from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 GATES = 3
 
@@ -74,12 +74,10 @@ def _recur(
     previous_rows = 0  # rows of this piece that took the step run before
     reverse = direction == 1
     for s in range(steps):
-        t = steps - 1 - s if reverse else s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at = forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows,
+                                                  previous_rows)
         if active == 0:
             continue
-        carried = min(active, previous_rows)
-        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         n_at = row_at * n_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * size
@@ -116,15 +114,7 @@ def _recur(
                 hidden_part[j] = from_hidden
                 result[j] = (one - update) * new + update * before[j]
         previous_at, previous_rows = out_at, active
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        if last < 0:
-            source, source_at = h0, row * size
-        else:
-            source, source_at = hidden, (step_starts[last] + row) * out_ld + direction * size
-        for c in range(size):
-            h_n[row * size + c] = source[source_at + c]
+    take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, out_ld, direction * size, h0, h_n, size)
 
 
 @jit_helper
@@ -144,32 +134,18 @@ def _backpropagate(
     gate_size = GATES * size
     dtype = gates.dtype
     one = dtype.type(1.0)
-    zero = dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
     hidden_side = np.empty(rows * gate_size, dtype=dtype)
     gate_ld, n_ld, out_ld = directions * gate_size, directions * size, directions * size
     reverse = direction == 1
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        for c in range(size):
-            if last < 0:  # an empty sequence: h_n is h_0
-                grad_h0[row * size + c] = grad_h_n[row * size + c]
-            else:
-                grad_h0[row * size + c] = zero
-                grad_hidden[(step_starts[last] + row) * out_ld + direction * size + c] += grad_h_n[row * size + c]
+    seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, out_ld,
+                         direction * size, grad_h0, size)
     for s in range(steps):
-        t = s if reverse else steps - 1 - s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at, earlier_row = backward_step(batch_sizes, step_starts, steps, s, reverse,
+                                                                first_row, rows)
         if active == 0:
             continue
-        earlier = t + 1 if reverse else t - 1
-        carried = 0
-        earlier_at = 0
-        if 0 <= earlier < steps:
-            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
-            earlier_at = (step_starts[earlier] + first_row) * out_ld + direction * size
-        row_at = step_starts[t] + first_row
+        earlier_at = earlier_row * out_ld + direction * size
         gate_at = row_at * gate_ld + direction * gate_size
         n_at = row_at * n_ld + direction * size
         out_at = row_at * out_ld + direction * size

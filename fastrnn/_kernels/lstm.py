@@ -38,7 +38,7 @@ from .gated import (
 )
 from .native import ARRAY, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
-from .schedule import active_rows, last_step, row_piece
+from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 GATES = 4
 
@@ -79,12 +79,10 @@ def _recur(
     previous_rows = 0  # rows of this piece that took the step run before
     reverse = direction == 1
     for s in range(steps):
-        t = steps - 1 - s if reverse else s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at = forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows,
+                                                  previous_rows)
         if active == 0:
             continue
-        carried = min(active, previous_rows)
-        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size if gates_given else 0
         cell_at = row_at * cell_ld + direction * size if keep else 0
         out_at = row_at * out_ld + direction * output_size
@@ -140,19 +138,18 @@ def _recur(
                 scratch,
             )
         previous_at, cell_previous_at, previous_rows = out_at, cell_at, active
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        if last < 0:
-            h_from, h_at, c_from, c_at = h0, row * output_size, c0, row * size
-        else:
-            at = step_starts[last] + row
-            h_from, h_at = hidden, at * out_ld + direction * output_size
-            c_from, c_at = cell_buffer, (at * cell_ld + direction * size) if keep else r * size
-        for c in range(output_size):
-            h_n[row * output_size + c] = h_from[h_at + c]
-        for c in range(size):
-            c_n[row * size + c] = c_from[c_at + c]
+    take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, out_ld, direction * output_size, h0,
+                      h_n, output_size)
+    if keep:
+        take_final_states(lengths, step_starts, first_row, rows, reverse, cells, cell_ld, direction * size, c0, c_n,
+                          size)
+    else:
+        # A row's scratch holds the cell state of its last step (rows wait or stop untouched).
+        for r in range(rows):
+            row = first_row + r
+            source, at = (c0, row * size) if lengths[row] == 0 else (cell_buffer, r * size)
+            for c in range(size):
+                c_n[row * size + c] = source[at + c]
 
 
 @jit_helper
@@ -173,7 +170,6 @@ def _backpropagate(
     gate_size = GATES * size
     dtype = gates.dtype
     one = dtype.type(1.0)
-    zero = dtype.type(0.0)
     scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
     gate_ld, cell_ld, out_ld = directions * gate_size, directions * size, directions * output_size
     grad_cell = np.empty(rows * size, dtype=dtype)
@@ -182,28 +178,13 @@ def _backpropagate(
             grad_cell[r * size + j] = grad_c_n[(first_row + r) * size + j]
     grad_unprojected = np.empty(rows * size if projected else 0, dtype=dtype)
     reverse = direction == 1
-    for r in range(rows):
-        row = first_row + r
-        last = last_step(lengths, row, reverse)
-        for c in range(output_size):
-            if last < 0:  # an empty sequence: h_n is h_0
-                grad_h0[row * output_size + c] = grad_h_n[row * output_size + c]
-            else:
-                grad_h0[row * output_size + c] = zero
-                grad_hidden[(step_starts[last] + row) * out_ld + direction * output_size + c] += \
-                    grad_h_n[row * output_size + c]
+    seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, out_ld,
+                         direction * output_size, grad_h0, output_size)
     for s in range(steps):
-        t = s if reverse else steps - 1 - s
-        active = active_rows(batch_sizes, t, first_row, rows)
+        _, active, carried, row_at, earlier_at = backward_step(batch_sizes, step_starts, steps, s, reverse,
+                                                               first_row, rows)
         if active == 0:
             continue
-        earlier = t + 1 if reverse else t - 1
-        carried = 0
-        earlier_at = 0
-        if 0 <= earlier < steps:
-            carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
-            earlier_at = step_starts[earlier] + first_row
-        row_at = step_starts[t] + first_row
         gate_at = row_at * gate_ld + direction * gate_size
         cell_at = row_at * cell_ld + direction * size
         out_at = row_at * out_ld + direction * output_size

@@ -110,3 +110,70 @@ def recurrent_blocks(batch_sizes, step_starts, steps, reverse):
             count = _add_block(blocks, count, step_starts[stop - 1] + carried, 1, carried, rows - carried)
         start = stop
     return blocks, count
+
+
+@jit_inline
+def forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows, previous_rows):
+    """The ``s``-th step a piece runs forward: ``(t, active, carried, row)``.
+
+    ``active`` rows of the piece take step t, from packed row ``row`` on; the leading
+    ``carried`` of them carry on from the step run before (which had ``previous_rows``),
+    the rest start from the initial state.
+    """
+    t = steps - 1 - s if reverse else s
+    active = active_rows(batch_sizes, t, first_row, rows)
+    return t, active, min(active, previous_rows), step_starts[t] + first_row
+
+
+@jit_inline
+def backward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows):
+    """The ``s``-th step a piece backpropagates: ``(t, active, carried, row, earlier_row)``.
+
+    Steps run in the reverse of the forward's order. The leading ``carried`` of the
+    ``active`` rows read their state from the step before in the forward's order, from
+    packed row ``earlier_row`` on; the rest read the initial state.
+    """
+    t = s if reverse else steps - 1 - s
+    active = active_rows(batch_sizes, t, first_row, rows)
+    earlier = t + 1 if reverse else t - 1
+    carried = 0
+    earlier_row = 0
+    if 0 <= earlier < steps:
+        carried = min(active, active_rows(batch_sizes, earlier, first_row, rows))
+        earlier_row = step_starts[earlier] + first_row
+    return t, active, carried, step_starts[t] + first_row, earlier_row
+
+
+@jit_helper
+def take_final_states(lengths, step_starts, first_row, rows, reverse, states, ld, column, initial, finals, width):
+    """finals[row] = the state ``row`` ended with, for the piece's rows: read from ``states``
+    (packed rows ``ld`` apart, from ``column``) at the row's last step, or ``initial`` for
+    an empty sequence. ``initial`` and ``finals`` are (B, width)."""
+    for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
+        if last < 0:
+            source, at = initial, row * width
+        else:
+            source, at = states, (step_starts[last] + row) * ld + column
+        for c in range(width):
+            finals[row * width + c] = source[at + c]
+
+
+@jit_helper
+def seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_finals, grad_states, ld, column,
+                         grad_initial, width):
+    """Start backpropagation for the piece's rows: the final state's gradient joins
+    ``grad_states`` (packed rows ``ld`` apart, from ``column``) at the row's last step, and
+    the row's ``grad_initial`` is zeroed for the steps to accumulate into; an empty
+    sequence's final state is its initial state, so its gradient is the final one's."""
+    zero = grad_initial.dtype.type(0.0)
+    for r in range(rows):
+        row = first_row + r
+        last = last_step(lengths, row, reverse)
+        for c in range(width):
+            if last < 0:
+                grad_initial[row * width + c] = grad_finals[row * width + c]
+            else:
+                grad_initial[row * width + c] = zero
+                grad_states[(step_starts[last] + row) * ld + column + c] += grad_finals[row * width + c]
