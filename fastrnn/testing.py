@@ -10,6 +10,9 @@ Example, inside a user's test::
 The check compares ``backward`` against central differences of ``forward`` for the
 scalar loss ``sum(output * G) + sum(h_n * G_h)`` (LSTM: ``+ sum(c_n * G_c)``), with fixed
 random ``G``, ``G_h`` and ``G_c``, for the input, the initial states and every parameter.
+With ``lengths`` the forward runs each sequence of a padded batch for its own length, as
+torch's packed sequences do, and the check covers that forward's gradients: ``G`` past a
+sequence's end then adds nothing to the loss, and the input gradient there must be zero.
 A cell's call is one step whose output is its new state: its loss is ``sum(h_1 * G_h)``
 (LSTM: ``+ sum(c_1 * G_c)``). It needs float64.
 """
@@ -51,13 +54,19 @@ def _from_states(states: tuple | None):
     return states[0] if len(states) == 1 else states
 
 
-def _layer_calls(layer, x, hx):
+def _lengths_keyword(lengths: ArrayLike | None) -> dict[str, ArrayLike]:
+    """``lengths`` as a forward keyword, left out when None so that targets without it still work."""
+    return {} if lengths is None else {"lengths": lengths}
+
+
+def _layer_calls(layer, lengths: ArrayLike | None):
     """Forward/backward closures over a layer's own parameter arrays."""
     state = layer.generator.bit_generator.state
+    keywords = _lengths_keyword(lengths)
 
     def forward(inputs, keep):
         layer.generator.bit_generator.state = state  # the same dropout mask every time
-        output, finals = layer.forward(inputs["input"], _from_states(inputs["states"]), requires_grad=keep)
+        output, finals = layer.forward(inputs["input"], _from_states(inputs["states"]), requires_grad=keep, **keywords)
         return output, _as_states(finals)
 
     def backward(grad_output, grad_finals):
@@ -88,7 +97,7 @@ def _cell_calls(cell):
     return forward, backward, cell.state_dict()
 
 
-def _functional_calls(module, cell, params, options):
+def _functional_calls(module, cell, params, options, lengths: ArrayLike | None):
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
     module_forward = getattr(module, f"{cell}_forward")
@@ -96,13 +105,14 @@ def _functional_calls(module, cell, params, options):
     generator = options.get("generator")
     state = generator.bit_generator.state if generator is not None else None
     arrays = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
+    keywords = {**options, **_lengths_keyword(lengths)}
     saved_holder = {}
 
     def forward(inputs, keep):
         if generator is not None:
             generator.bit_generator.state = state
         output, finals, saved = module_forward(
-            inputs["input"], _from_states(inputs["states"]), arrays, requires_grad=keep, **options
+            inputs["input"], _from_states(inputs["states"]), arrays, requires_grad=keep, **keywords
         )
         saved_holder["saved"] = saved
         return output, _as_states(finals)
@@ -129,6 +139,7 @@ def gradcheck(
     rtol: float = 1e-5,
     seed: int = 0,
     raise_on_failure: bool = True,
+    lengths: ArrayLike | None = None,
     **options: Any,
 ) -> dict[str, GradcheckResult]:
     """Check ``target``'s gradients against central differences in float64.
@@ -141,6 +152,9 @@ def gradcheck(
     functional keyword ``options`` (``nonlinearity``, ``batch_first``, ``dropout``,
     ``training``, ``generator``).
     ``hx`` is what the forward takes: an array, or LSTM's pair ``(h_0, c_0)``.
+    ``lengths`` (B integers in [0, T], any order; batched input only) is passed to the
+    forward of a layer or functional call, which then runs each sequence for its own
+    length; a cell runs a single step and takes none.
 
     Returns the worst absolute and relative error per tensor, keyed ``"input"``, the
     initial states (``"hx"``; LSTM: ``"h_0"`` and ``"c_0"``) and the parameter names.
@@ -151,15 +165,20 @@ def gradcheck(
     if isinstance(target, _Cell):
         if params is not None or options:
             raise TypeError("gradcheck of a cell takes no params or functional options")
+        if lengths is not None:
+            raise ValueError(
+                "gradcheck of a cell takes no lengths: a cell runs one step of every sequence; "
+                "check a layer or a functional call with lengths instead"
+            )
         forward, backward, tensors = _cell_calls(target)
     elif hasattr(target, "backward") and hasattr(target, "state_dict"):
         if params is not None or options:
             raise TypeError("gradcheck of a layer takes no params or functional options")
-        forward, backward, tensors = _layer_calls(target, x, hx)
+        forward, backward, tensors = _layer_calls(target, lengths)
     elif hasattr(target, "rnn_forward") and hasattr(target, "rnn_backward"):
         if params is None:
             raise TypeError("gradcheck of a functional module needs params=")
-        forward, backward, tensors = _functional_calls(target, cell, params, options)
+        forward, backward, tensors = _functional_calls(target, cell, params, options, lengths)
     else:
         raise TypeError(
             "gradcheck target must be a layer or a module with rnn_forward/rnn_backward, or a cell, "
