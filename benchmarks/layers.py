@@ -1,5 +1,5 @@
 """fastrnn's RNN, LSTM and GRU against their twins in ``fastrnn.reference``: time, speedup
-and peak memory.
+and peak memory, and the time of a padded batch whose sequences each run their own length.
 
 Every configuration is run by the compiled layer and by its plain-NumPy baseline with the
 same weights and input. "forward" is inference (an eval-mode layer, which keeps nothing for
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from fastrnn.bench import SETTLE_SECONDS
 
-from ._data import BACKENDS, Problem, make_layer, make_problem
+from ._data import BACKENDS, LENGTHS_MODES, Problem, make_layer, make_problem, run_forward, takes_lengths
 
 # (T, B, I, H). Small enough that the per-step Python loop of the reference finishes the
 # whole grid in minutes, large enough that the GEMMs are not pure call overhead.
@@ -40,9 +40,16 @@ MIN_SAMPLE_SECONDS = 0.005
 MEMORY_SHAPE = (4000, 64, 16, 64)
 MEMORY_NUM_LAYERS = 2
 
+# (T, B, I, H) of the lengths benchmarks, one float32 layer, one direction: the shape of the
+# lengths targets (with uniform lengths, at most 0.65x the full-length time), and the first
+# of SHAPES. The reference runs the second only: its per-step loop takes seconds per
+# training step at the first.
+LENGTHS_SHAPES = [(100, 64, 128, 256), SHAPES[0]]
+LENGTHS_REFERENCE_SHAPES = [SHAPES[0]]
+
 
 def forward_backward(layer, problem: Problem) -> None:
-    layer(problem.x)
+    run_forward(layer, problem)
     layer.backward(problem.grad_output)
 
 
@@ -54,17 +61,20 @@ def skip_outside_grid(
         raise NotImplementedError(f"{cell} runs in float32 on (shape, num_layers, bidirectional) in {GATED_CELL_GRID}")
 
 
-def warm_up(training_layer, inference_layer, shape, bidirectional: bool, dtype: str) -> None:
+def warm_up(
+    training_layer, inference_layer, shape, bidirectional: bool, dtype: str, lengths: str = "full"
+) -> None:
     """Compile, or load from numba's cache, every kernel the layers' benchmarks call.
 
     Kernels are specialised on dtype and layout, not on sizes, so a two-step sequence does
     it: cheap enough for setup to repeat before every sample, and it keeps the peak memory
-    of the process far below what a measured call needs.
+    of the process far below what a measured call needs. With ``lengths`` its sequences
+    run one step or two, which reaches the kernels of the lengths path.
     """
     _, batch, input_size, hidden_size = shape
-    short = make_problem((2, batch, input_size, hidden_size), bidirectional, dtype)
+    short = make_problem((2, batch, input_size, hidden_size), bidirectional, dtype, lengths)
     forward_backward(training_layer, short)
-    inference_layer(short.x)
+    run_forward(inference_layer, short)
 
 
 class RNN:
@@ -154,6 +164,69 @@ class RNNSpeedup:
             lambda: forward_backward(fastrnn_layer, self.problem),
             lambda: forward_backward(reference_layer, self.problem),
         )
+
+
+def skip_without_lengths(layer, lengths: str) -> None:
+    """asv skips the lengths benchmarks of a commit whose layers take no ``lengths=``."""
+    if lengths != "full" and not takes_lengths(layer):
+        raise NotImplementedError("this fastrnn's layers take no lengths=")
+
+
+class RNNLengths:
+    """Wall time of inference and of a training step on a padded batch: every sequence at
+    full length, or each one for its own length, drawn uniformly from [1, T].
+
+    Both modes hold the same input, so the two times differ by the lengths alone; the
+    ratio is tracked, measured side by side, in ``RNNLengthsRatio``.
+    """
+
+    params = [list(BACKENDS), CELLS, LENGTHS_SHAPES, LENGTHS_MODES]
+    param_names = ["backend", "cell", "shape", "lengths"]
+
+    def setup(self, backend, cell, shape, lengths):
+        if backend == "reference" and shape not in LENGTHS_REFERENCE_SHAPES:
+            raise NotImplementedError(f"the reference runs lengths on {LENGTHS_REFERENCE_SHAPES} only")
+        self.problem = make_problem(shape, False, "float32", lengths)
+        self.training_layer = make_layer(backend, cell, shape, 1, False, "float32")
+        self.inference_layer = make_layer(backend, cell, shape, 1, False, "float32").eval()
+        skip_without_lengths(self.training_layer, lengths)
+        warm_up(self.training_layer, self.inference_layer, shape, False, "float32", lengths)
+
+    def time_forward(self, *params):
+        run_forward(self.inference_layer, self.problem)
+
+    def time_forward_backward(self, *params):
+        forward_backward(self.training_layer, self.problem)
+
+
+class RNNLengthsRatio:
+    """fastrnn's time on a padded batch with uniform lengths over its time on the same batch
+    at full length, both timed in one call; the lengths target is at most 0.65x."""
+
+    params = [CELLS]
+    param_names = ["cell"]
+    unit = "x"
+
+    def setup(self, cell):
+        shape = LENGTHS_SHAPES[0]
+        self.problems = [make_problem(shape, False, "float32", lengths) for lengths in ("uniform", "full")]
+        self.training_layer = make_layer("fastrnn", cell, shape, 1, False, "float32")
+        self.inference_layer = make_layer("fastrnn", cell, shape, 1, False, "float32").eval()
+        skip_without_lengths(self.training_layer, "uniform")
+        for lengths in ("uniform", "full"):
+            warm_up(self.training_layer, self.inference_layer, shape, False, "float32", lengths)
+
+    def _ratio(self, call: Callable[[Problem], object]) -> float:
+        uniform, full = self.problems
+        uniform_seconds, full_seconds = best_seconds_per_call([lambda: call(uniform), lambda: call(full)],
+                                                              SPEEDUP_ROUNDS)
+        return uniform_seconds / full_seconds
+
+    def track_ratio_forward(self, cell):
+        return self._ratio(lambda problem: run_forward(self.inference_layer, problem))
+
+    def track_ratio_forward_backward(self, cell):
+        return self._ratio(lambda problem: forward_backward(self.training_layer, problem))
 
 
 class RNNMemory:

@@ -2,8 +2,11 @@
 
 Every builder takes a :class:`Case` and torch-named weights (``weight_ih_l0``, ...), so all
 of them compute the same function, and returns the calls to time: forward, and
-forward+backward, or None for a peer that only runs inference. torch, jax and onnxruntime
-are imported inside the builders, so ``import fastrnn`` needs none of them.
+forward+backward, or None for a peer that only runs inference. A case with ``lengths``
+runs each sequence of the padded batch for its own length, as torch's
+``pack_padded_sequence`` does; a peer that cannot do that at a cost proportional to the
+lengths raises :class:`PeerUnavailable` instead of being timed at full length. torch, jax
+and onnxruntime are imported inside the builders, so ``import fastrnn`` needs none of them.
 """
 
 from __future__ import annotations
@@ -35,9 +38,22 @@ class PeerUnavailable(Exception):
     """A peer cannot run a case (a dtype it lacks, say); the message says why."""
 
 
+# Why jax is not timed on a batch with lengths: lax.scan runs every padded step, so masking
+# the finished sequences would give the right numbers for the full-length price, and a
+# per-sequence reverse direction would add gathers on top.
+JAX_LENGTHS_REASON = (
+    "its lax.scan models run every padded step; masking would honour lengths at the full-length cost, "
+    "so it is left out of tables with lengths rather than timed at full length"
+)
+
+
 @dataclass(frozen=True)
 class Case:
-    """One benchmark problem: a cell, a stack of layers and a dtype."""
+    """One benchmark problem: a cell, a stack of layers, a dtype and the sequences' lengths.
+
+    ``lengths`` holds B values in [1, T], in any order, or None when every sequence runs all
+    T steps.
+    """
 
     cell: str
     steps: int
@@ -47,11 +63,17 @@ class Case:
     num_layers: int
     bidirectional: bool
     dtype: type
+    lengths: tuple[int, ...] | None = None
 
     @classmethod
-    def from_shape(cls, cell: str, shape: tuple, dtype: type) -> Case:
+    def from_shape(cls, cell: str, shape: tuple, dtype: type, lengths: np.ndarray | None = None) -> Case:
         """``shape`` is the bench's (T, B, I, H, layers, bidirectional)."""
-        return cls(cell, *shape, np.dtype(dtype).type)
+        return cls(cell, *shape, np.dtype(dtype).type, None if lengths is None else tuple(int(n) for n in lengths))
+
+    @property
+    def lengths_array(self) -> np.ndarray | None:
+        """``lengths`` as the int64 array the layers take, or None."""
+        return None if self.lengths is None else np.array(self.lengths, dtype=np.int64)
 
     @property
     def directions(self) -> int:
@@ -81,16 +103,16 @@ def build_case_layer(module: ModuleType, case: Case, seed: int = 0):
     )
 
 
-def layer_timers(layer, x: np.ndarray, grad_output: np.ndarray) -> Timers:
+def layer_timers(layer, x: np.ndarray, grad_output: np.ndarray, lengths: np.ndarray | None = None) -> Timers:
     """Inference on an eval-mode layer, and a training step's forward and backward."""
 
     def forward():
         layer.eval()
-        layer(x)
+        layer(x, lengths=lengths)
 
     def forward_backward():
         layer.train()
-        layer(x)
+        layer(x, lengths=lengths)
         layer.backward(grad_output)
 
     return forward, forward_backward
@@ -101,10 +123,11 @@ def numpy_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, gra
 
     layer = build_case_layer(reference, case)
     layer.load_state_dict(weights)
-    return layer_timers(layer, x, grad_output)
+    return layer_timers(layer, x, grad_output, case.lengths_array)
 
 
-def torch_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
+def torch_layer(case: Case, weights: Mapping[str, np.ndarray]):
+    """The case's ``torch.nn`` layer holding ``weights``."""
     import torch
 
     layer = build_layer(
@@ -112,15 +135,35 @@ def torch_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, gra
         dtype=torch.float64 if case.dtype == np.float64 else torch.float32,
     )
     layer.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
+    return layer
+
+
+def torch_output(layer, x, lengths=None):
+    """The layer's padded (T, B, D*H) output for the tensor ``x``; with a tensor of
+    ``lengths``, through torch's PackedSequence path, as a padded batch is run in torch."""
+    if lengths is None:
+        output, _ = layer(x)
+        return output
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed_output, _ = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    output, _ = pad_packed_sequence(packed_output, total_length=x.shape[0])
+    return output
+
+
+def torch_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
+    import torch
+
+    layer = torch_layer(case, weights)
     x_tensor, grad_tensor = torch.from_numpy(x), torch.from_numpy(grad_output)
+    lengths = None if case.lengths is None else torch.from_numpy(case.lengths_array)
 
     def forward():
         with torch.no_grad():
-            layer(x_tensor)
+            torch_output(layer, x_tensor, lengths)
 
     def forward_backward():
-        output, _ = layer(x_tensor)
-        output.backward(grad_tensor)
+        torch_output(layer, x_tensor, lengths).backward(grad_tensor)
 
     return forward, forward_backward
 
@@ -201,6 +244,8 @@ def jax_params(case: Case, weights: Mapping[str, np.ndarray]) -> list:
 
 
 def jax_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
+    if case.lengths is not None:
+        raise PeerUnavailable(JAX_LENGTHS_REASON)
     import jax
     import jax.numpy as jnp
 
@@ -223,8 +268,13 @@ def jax_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_
 
 
 def onnx_model(case: Case, weights: Mapping[str, np.ndarray]):
-    """An ONNX graph ``x (T, B, I) -> output (T, B, D*H)``: one RNN, LSTM or GRU operator per layer."""
-    from onnx import helper, numpy_helper
+    """An ONNX graph ``x (T, B, I) -> output (T, B, D*H)``: one RNN, LSTM or GRU operator per layer.
+
+    A case with ``lengths`` also takes ``sequence_lens`` (B int32 values), which every
+    operator reads natively: it steps each sequence for its own length, zeroes its output
+    past the end, and starts the reverse direction at its last step.
+    """
+    from onnx import TensorProto, helper, numpy_helper
 
     hidden = case.hidden_size
     order = ONNX_GATE_ORDER[case.cell]
@@ -246,6 +296,8 @@ def onnx_model(case: Case, weights: Mapping[str, np.ndarray]):
     initializers = [numpy_helper.from_array(np.array([0, -1, case.directions * hidden], np.int64), merged_shape)]
     nodes = []
     layer_input = "x"
+    # The operators' optional inputs are positional: W, R, B, then sequence_lens.
+    lengths_input = [] if case.lengths is None else ["sequence_lens"]
     for layer in range(case.num_layers):
         parameters = {
             f"W_l{layer}": stacked("weight_ih", layer),
@@ -254,8 +306,8 @@ def onnx_model(case: Case, weights: Mapping[str, np.ndarray]):
         }
         initializers += [numpy_helper.from_array(value.astype(case.dtype), name) for name, value in parameters.items()]
         by_direction = f"y_l{layer}"
-        nodes.append(helper.make_node(LAYER_CLASSES[case.cell], [layer_input, *parameters], [by_direction],
-                                      **attributes))
+        nodes.append(helper.make_node(LAYER_CLASSES[case.cell], [layer_input, *parameters, *lengths_input],
+                                      [by_direction], **attributes))
         if case.bidirectional:
             # One direction needs no transpose: its direction axis has size 1.
             by_batch = f"y_l{layer}_by_batch"
@@ -264,9 +316,12 @@ def onnx_model(case: Case, weights: Mapping[str, np.ndarray]):
         layer_input = "output" if layer == case.num_layers - 1 else f"x_l{layer + 1}"
         nodes.append(helper.make_node("Reshape", [by_direction, merged_shape], [layer_input]))
     element_type = helper.np_dtype_to_tensor_dtype(np.dtype(case.dtype))
+    inputs = [helper.make_tensor_value_info("x", element_type, [None, None, case.input_size])]
+    if case.lengths is not None:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [None]))
     graph = helper.make_graph(
         nodes, f"fastrnn_bench_{case.cell}",
-        [helper.make_tensor_value_info("x", element_type, [None, None, case.input_size])],
+        inputs,
         [helper.make_tensor_value_info("output", element_type, [None, None, case.directions * hidden])],
         initializers,
     )
@@ -287,12 +342,13 @@ def ort_session(case: Case, weights: Mapping[str, np.ndarray]):
     options.intra_op_num_threads = available_cores()
     # A refusal arrives as the exception below; onnxruntime would also log it to stderr.
     options.log_severity_level = 4
-    probe = np.zeros((1, case.batch, case.input_size), case.dtype)
+    # One step of every sequence: the probe is about dtypes, not about the case's lengths.
+    probe = ort_inputs(case, np.zeros((1, case.batch, case.input_size), case.dtype), np.ones(case.batch, np.int64))
     try:
         session = onnxruntime.InferenceSession(
             onnx_model(case, weights).SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        session.run(["output"], {"x": probe})
+        session.run(["output"], probe)
     except (OrtNotImplemented, OrtRuntimeException) as error:
         raise PeerUnavailable(
             f"onnxruntime {onnxruntime.__version__} cannot run {case.cell} in {np.dtype(case.dtype).name}: {error}"
@@ -300,11 +356,21 @@ def ort_session(case: Case, weights: Mapping[str, np.ndarray]):
     return session
 
 
+def ort_inputs(case: Case, x: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The feed of :func:`onnx_model`'s graph: ``x``, and for a case with lengths
+    ``sequence_lens`` (the case's own unless ``lengths`` is given)."""
+    if case.lengths is None:
+        return {"x": x}
+    lengths = case.lengths_array if lengths is None else lengths
+    return {"x": x, "sequence_lens": np.asarray(lengths, dtype=np.int32)}
+
+
 def ort_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
     session = ort_session(case, weights)
+    feed = ort_inputs(case, x)
 
     def forward():
-        session.run(["output"], {"x": x})
+        session.run(["output"], feed)
 
     return forward, None
 

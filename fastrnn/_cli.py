@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .bench import CELLS, DEFAULT_PEERS, PEERS
+from .bench import CELLS, DEFAULT_LENGTHS_SHAPES, DEFAULT_PEERS, LENGTHS_MODES, PEERS, shape_label
 
 
 def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: int = 128) -> int:
@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     bench.add_argument("--cell", default="rnn_tanh", help=f"one of {', '.join(CELLS)}")
     bench.add_argument("--shapes", help="'T,B,I,H[,layers[,bi|uni]];...' instead of the default grid")
+    bench.add_argument(
+        "--lengths", default="full", choices=LENGTHS_MODES,
+        help="full: every sequence runs all T steps; uniform: each runs a length drawn uniformly from [1, T] "
+             "(fixed seed), as do the peers that can (torch through pack_padded_sequence; not jax), and "
+             "fastrnn is also timed at full length for the ratio; without --shapes it runs "
+             f"{' and '.join(shape_label(shape) for shape in DEFAULT_LENGTHS_SHAPES)}",
+    )
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
     bench.add_argument("--json", help="write the results to this JSON file")
     bench.add_argument("--plot", help="draw a PNG bar chart of the speedups (needs matplotlib)")

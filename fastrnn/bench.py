@@ -2,6 +2,11 @@
 
 Every implementation of a shape is timed in the same rounds, alternating, and the median
 per implementation is kept, so ratios hold even on a noisy machine.
+
+``--lengths uniform`` gives every sequence of the batch its own length, drawn from a fixed
+seed, and every peer that can runs those lengths (torch through its PackedSequence path).
+fastrnn is then also timed on the same batch at full length, in the same rounds, so the
+table shows what the lengths save next to the speedup over the peers.
 """
 
 from __future__ import annotations
@@ -40,8 +45,32 @@ DEFAULT_SHAPES = (
     (100, 32, 128, 256, 1, False),
     (50, 64, 512, 1024, 1, False),
 )
+# With lengths: the lengths target's shape, and a stacked bidirectional one, where the
+# reverse direction starts at each sequence's own last step. A batch of one sequence says
+# little about lengths, so the default grid's B=1 shapes are left out.
+DEFAULT_LENGTHS_SHAPES = (
+    (100, 64, 128, 256, 1, False),
+    (100, 16, 64, 128, 2, True),
+)
 PEERS = tuple(PEER_BUILDERS)
 DEFAULT_PEERS = ("numpy", "torch", "jax")
+# ``--lengths``: every sequence runs all T steps, or each one a length drawn uniformly from [1, T].
+LENGTHS_MODES = ("full", "uniform")
+# The lengths are drawn from their own generator, so that they do not depend on the data.
+LENGTHS_SEED = 0
+# The key under which fastrnn at full length is timed next to fastrnn with the lengths.
+FULL_LENGTH = "fastrnn full length"
+
+
+def draw_lengths(mode: str, steps: int, batch: int, seed: int = LENGTHS_SEED) -> np.ndarray | None:
+    """The batch's sequence lengths for a ``--lengths`` mode: None for "full"; for "uniform",
+    B int64 values drawn uniformly from [1, ``steps``] in no particular order, the same for
+    every call with the same arguments."""
+    if mode == "full":
+        return None
+    if mode == "uniform":
+        return np.random.default_rng(seed).integers(1, steps, size=batch, endpoint=True, dtype=np.int64)
+    raise ValueError(f"unknown lengths mode {mode!r}; expected one of {list(LENGTHS_MODES)}")
 
 
 @dataclass
@@ -54,6 +83,14 @@ class ShapeResult:
     speedup_forward_backward: float | None = None
     gflops_forward_backward: float = 0.0
     percent_of_gemm: float = 0.0
+    # With lengths: the batch's lengths, the share of its T*B steps they keep, and fastrnn's
+    # times on the same batch at full length with the ratio (lengths / full length).
+    lengths: list[int] | None = None
+    steps_run: float = 1.0
+    fastrnn_full_length_forward_ms: float | None = None
+    fastrnn_full_length_forward_backward_ms: float | None = None
+    ratio_to_full_length_forward: float | None = None
+    ratio_to_full_length_forward_backward: float | None = None
 
 
 def shape_label(shape) -> str:
@@ -93,14 +130,18 @@ def _peer_available(name: str) -> str | None:
 def build_implementations(case: Case, peers: list[str], notes: list[str]) -> dict[str, Timers]:
     """fastrnn and every peer that can run the case, all holding fastrnn's seeded weights.
 
-    A peer that cannot run the case is left out, with the reason added to ``notes`` once.
+    A case with lengths also has fastrnn at full length on the same data, under
+    ``FULL_LENGTH``. A peer that cannot run the case is left out, with the reason added to
+    ``notes`` once.
     """
     import fastrnn
 
     layer = build_case_layer(fastrnn, case)
     weights = layer.state_dict()
     x, grad = _data(case)
-    implementations = {"fastrnn": layer_timers(layer, x, grad)}
+    implementations = {"fastrnn": layer_timers(layer, x, grad, case.lengths_array)}
+    if case.lengths is not None:
+        implementations[FULL_LENGTH] = layer_timers(layer, x, grad)
     for peer in peers:
         try:
             implementations[peer] = PEER_BUILDERS[peer](case, weights, x, grad)
@@ -168,8 +209,10 @@ def interleaved_medians(
 
 
 def run(
-    shapes, peers, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS
+    shapes, peers, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS,
+    lengths: str = "full",
 ) -> tuple[list[ShapeResult], float, list[str]]:
+    """Time fastrnn and the peers on each shape; ``lengths`` is one of ``LENGTHS_MODES``."""
     notes = []
     active = []
     for peer in peers:
@@ -184,13 +227,22 @@ def run(
     results = []
     for index, shape in enumerate(shapes, 1):
         print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
-        made = build_implementations(Case.from_shape(cell, shape, dtype), active, notes)
+        steps, batch = shape[:2]
+        case_lengths = draw_lengths(lengths, steps, batch)
+        made = build_implementations(Case.from_shape(cell, shape, dtype, case_lengths), active, notes)
         forward = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
         both = interleaved_medians(
             {name: timers[1] for name, timers in made.items() if timers[1] is not None}, budget, settle
         )
         result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
-        peers_run = [name for name in made if name != "fastrnn"]
+        if case_lengths is not None:
+            result.lengths = case_lengths.tolist()
+            result.steps_run = float(case_lengths.sum()) / (steps * batch)
+            result.fastrnn_full_length_forward_ms = forward[FULL_LENGTH] * 1e3
+            result.fastrnn_full_length_forward_backward_ms = both[FULL_LENGTH] * 1e3
+            result.ratio_to_full_length_forward = forward["fastrnn"] / forward[FULL_LENGTH]
+            result.ratio_to_full_length_forward_backward = both["fastrnn"] / both[FULL_LENGTH]
+        peers_run = [name for name in made if name not in ("fastrnn", FULL_LENGTH)]
         for peer in peers_run:
             result.peers[peer] = {
                 "forward_ms": forward[peer] * 1e3,
@@ -198,9 +250,11 @@ def run(
             }
         if peers_run:
             result.speedup_forward = min(forward[p] for p in peers_run) / forward["fastrnn"]
-        if len(both) > 1:
+        if any(p in both for p in peers_run):
             result.speedup_forward_backward = min(both[p] for p in peers_run if p in both) / both["fastrnn"]
-        result.gflops_forward_backward = forward_backward_flops(shape, cell) / both["fastrnn"] / 1e9
+        # Only the steps within the lengths are work: the padding past them is not computed.
+        useful_flops = forward_backward_flops(shape, cell) * result.steps_run
+        result.gflops_forward_backward = useful_flops / both["fastrnn"] / 1e9
         results.append(result)
     gemm = max(gemm, gemm_gflops(dtype))
     for result in results:
@@ -212,20 +266,36 @@ def _milliseconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _times(value: float | None) -> str:
+    return f"{value:.2f}x" if value else "-"
+
+
 def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> str:
+    """A Markdown table; results run with lengths also get fastrnn's full-length columns."""
+    with_lengths = any(r.lengths is not None for r in results)
     header = ["shape (T,B,I,H,L,dir)", "fastrnn fwd", "fastrnn f+b"]
+    if with_lengths:
+        header += ["steps run", "full-length fwd", "full-length f+b", "lengths/full fwd", "lengths/full f+b"]
     for peer in peers:
         header += [f"{peer} fwd", f"{peer} f+b"]
     header += ["speedup fwd", "speedup f+b", "GFLOP/s f+b", "% of gemm"]
     rows = []
     for r in results:
         row = [shape_label(r.shape), f"{r.fastrnn_forward_ms:.3f}", f"{r.fastrnn_forward_backward_ms:.3f}"]
+        if with_lengths:
+            row += [
+                f"{100 * r.steps_run:.0f}%",
+                _milliseconds(r.fastrnn_full_length_forward_ms),
+                _milliseconds(r.fastrnn_full_length_forward_backward_ms),
+                _times(r.ratio_to_full_length_forward),
+                _times(r.ratio_to_full_length_forward_backward),
+            ]
         for peer in peers:
             timing = r.peers.get(peer, {})
             row += [_milliseconds(timing.get("forward_ms")), _milliseconds(timing.get("forward_backward_ms"))]
         row += [
-            f"{r.speedup_forward:.2f}x" if r.speedup_forward else "-",
-            f"{r.speedup_forward_backward:.2f}x" if r.speedup_forward_backward else "-",
+            _times(r.speedup_forward),
+            _times(r.speedup_forward_backward),
             f"{r.gflops_forward_backward:.1f}",
             f"{r.percent_of_gemm:.0f}%",
         ]
@@ -244,6 +314,11 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
     ]
     if forward_only:
         footer += f" Forward only, left out of the f+b speedup: {', '.join(forward_only)}."
+    if with_lengths:
+        footer += (" fastrnn and the peers ran each sequence for its own length (torch: pack_padded_sequence, "
+                   "the layer, pad_packed_sequence); steps run = sum(lengths) / (T*B); full-length = fastrnn "
+                   "on the same batch without lengths, timed in the same rounds; lengths/full = fastrnn's time "
+                   "with the lengths / at full length. GFLOP/s counts the steps run only.")
     lines.append(footer)
     return "\n".join(lines)
 
@@ -262,7 +337,8 @@ def plot(results: list[ShapeResult], path: str, cell: str) -> None:
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
     axis.set_ylabel("speedup over fastest peer (x)")
-    axis.set_title(f"fastrnn vs the fastest CPU peer, {CELL_TITLES[cell]}")
+    lengths = ", lengths uniform in [1, T]" if any(r.lengths is not None for r in results) else ""
+    axis.set_title(f"fastrnn vs the fastest CPU peer, {CELL_TITLES[cell]}{lengths}")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -272,8 +348,12 @@ README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
 
 
-def readme_markers(cell: str = "rnn_tanh") -> tuple[str, str]:
-    """The markers around one cell's table: the Elman cell's are the plain ones."""
+def readme_markers(cell: str = "rnn_tanh", lengths: str = "full") -> tuple[str, str]:
+    """The markers around one cell's table: the Elman cell's full-length ones are the plain
+    ones; a table with lengths has its own, ``<!-- bench-table:CELL:lengths-MODE:start -->``."""
+    if lengths != "full":
+        prefix = f"<!-- bench-table:{cell}:lengths-{lengths}"
+        return f"{prefix}:start -->", f"{prefix}:end -->"
     if cell in ("rnn_tanh", "rnn_relu"):
         return README_START, README_END
     return f"<!-- bench-table:{cell}:start -->", f"<!-- bench-table:{cell}:end -->"
@@ -304,14 +384,26 @@ def _machine_line() -> str:
             "BLAS variables unset (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`).")
 
 
-def update_readme(path: str, command: str, table: str, cell: str = "rnn_tanh") -> None:
-    """Put the command and its table between the cell's bench-table markers of a Markdown file."""
-    start_marker, end_marker = readme_markers(cell)
-    with open(path) as handle:
-        text = handle.read()
+def _marked_block(path: str, text: str, start_marker: str, end_marker: str) -> tuple[int, int]:
     start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         raise ValueError(f"{path} needs the markers {start_marker!r} and {end_marker!r}, in that order")
+    return start, end
+
+
+def check_readme(path: str, cell: str = "rnn_tanh", lengths: str = "full") -> None:
+    """Raise ValueError unless ``update_readme`` can write the cell's table into the file."""
+    with open(path) as handle:
+        _marked_block(path, handle.read(), *readme_markers(cell, lengths))
+
+
+def update_readme(path: str, command: str, table: str, cell: str = "rnn_tanh", lengths: str = "full") -> None:
+    """Put the command and its table between the bench-table markers of the cell and lengths
+    mode in a Markdown file."""
+    start_marker, end_marker = readme_markers(cell, lengths)
+    with open(path) as handle:
+        text = handle.read()
+    start, end = _marked_block(path, text, start_marker, end_marker)
     block = f"{start_marker}\nProduced by `{command}`:\n\n{table}\n"
     with open(path, "w") as handle:
         handle.write(text[:start] + block + text[end:])
@@ -348,25 +440,42 @@ def main(args) -> int:
         raise SystemExit(f"unknown peers {unknown}; expected some of {list(PEERS)}")
     if args.cell not in CELLS:
         raise SystemExit(f"unknown cell {args.cell!r}; expected one of {list(CELLS)}")
-    shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
-    results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget)
+    if args.lengths not in LENGTHS_MODES:
+        raise SystemExit(f"unknown lengths mode {args.lengths!r}; expected one of {list(LENGTHS_MODES)}")
+    if args.shapes:
+        shapes = parse_shapes(args.shapes)
+    else:
+        shapes = list(DEFAULT_SHAPES if args.lengths == "full" else DEFAULT_LENGTHS_SHAPES)
+    if args.readme:
+        # Before the timing, which takes minutes: a table with lengths needs markers of its own.
+        try:
+            check_readme(args.readme, args.cell, args.lengths)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--readme: {error}") from error
+    results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget, lengths=args.lengths)
     for note in notes:
         print(note)
     shown = [p for p in peers if any(p in r.peers for r in results)]
-    print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}, "
-          "forward and forward+backward\n")
+    lengths_title = (
+        "" if args.lengths == "full"
+        else f", lengths uniform in [1, T] (--lengths {args.lengths}, seed {LENGTHS_SEED})"
+    )
+    print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}"
+          f"{lengths_title}, forward and forward+backward\n")
     table = format_table(results, shown, gemm)
     print(table)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cell": args.cell, "dtype": np.dtype(dtype).name, "gemm_gflops": gemm,
-                       "results": [asdict(r) for r in results]}, handle, indent=2)
+            json.dump({"cell": args.cell, "dtype": np.dtype(dtype).name, "lengths": args.lengths,
+                       "gemm_gflops": gemm, "results": [asdict(r) for r in results]}, handle, indent=2)
         print(f"wrote {args.json}")
     if args.readme:
         command = f"python -m fastrnn bench --peers {args.peers} --dtype {args.dtype} --cell {args.cell}"
+        if args.lengths != "full":
+            command += f" --lengths {args.lengths}"
         if args.shapes:
             command += f' --shapes "{args.shapes}"'
-        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", args.cell)
+        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", args.cell, args.lengths)
         print(f"updated {args.readme}")
     if args.plot:
         try:

@@ -14,6 +14,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,17 @@ def one_speedup_round(monkeypatch):
 
 def test_suite_is_found():
     names = {f"{cls.__module__}.{cls.__name__}" for cls in CLASSES}
-    assert {"benchmarks.layers.RNN", "benchmarks.compile.FirstCall"} <= names
+    assert {"benchmarks.layers.RNN", "benchmarks.layers.RNNLengths", "benchmarks.layers.RNNLengthsRatio",
+            "benchmarks.compile.FirstCall"} <= names
+
+
+@pytest.mark.parametrize(("steps", "batch"), [(100, 64), (2, 8), (1, 3)])
+def test_suite_draws_the_lengths_the_bench_draws(steps, batch):
+    from benchmarks._data import make_lengths
+    from fastrnn.bench import draw_lengths
+
+    assert make_lengths("full", steps, batch) is None
+    np.testing.assert_array_equal(make_lengths("uniform", steps, batch), draw_lengths("uniform", steps, batch))
 
 
 def combinations_to_run(cls: type) -> list[tuple]:

@@ -37,8 +37,13 @@ def test_flops_count_every_gate_of_every_layer_direction(cell, gates):
     assert bench.forward_backward_flops(shape, cell) == 3 * (layer0 + layer1)
 
 
-def run_tiny(peers, cell="rnn_tanh", dtype=np.float32, shape=(4, 2, 3, 5, 2, True)):
-    return bench.run([shape], peers, dtype, cell, budget=0.001, progress=io.StringIO(), settle=0.0)
+def run_tiny(peers, cell="rnn_tanh", dtype=np.float32, shape=(4, 2, 3, 5, 2, True), lengths="full"):
+    return bench.run([shape], peers, dtype, cell, budget=0.001, progress=io.StringIO(), settle=0.0, lengths=lengths)
+
+
+def installed_peers(*peers):
+    """The peers among ``peers`` whose modules are installed, so a test runs without the others."""
+    return [peer for peer in peers if not bench.missing_modules(peer)]
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
@@ -55,6 +60,59 @@ def test_run_times_fastrnn_and_the_numpy_peer(cell):
     assert notes == []
     table = bench.format_table(results, ["numpy"], gemm)
     assert "(4,2,3,5,2,bi)" in table and "numpy f+b" in table
+
+
+def test_full_length_table_has_no_lengths_columns():
+    results, gemm, _ = run_tiny(["numpy"])
+    assert results[0].lengths is None and results[0].ratio_to_full_length_forward is None
+    table = bench.format_table(results, ["numpy"], gemm)
+    assert "full-length" not in table and "steps run" not in table
+
+
+@pytest.mark.parametrize(("steps", "batch"), [(100, 64), (5, 3), (1, 4)])
+def test_uniform_lengths_are_seeded_and_lie_in_one_to_t(steps, batch):
+    lengths = bench.draw_lengths("uniform", steps, batch)
+    assert lengths.shape == (batch,) and lengths.dtype == np.int64
+    assert lengths.min() >= 1 and lengths.max() <= steps
+    np.testing.assert_array_equal(lengths, bench.draw_lengths("uniform", steps, batch))
+    assert bench.draw_lengths("full", steps, batch) is None
+
+
+def test_unknown_lengths_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown lengths mode 'sorted'"):
+        bench.draw_lengths("sorted", 5, 3)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_run_with_uniform_lengths_times_fastrnn_at_both_lengths_and_the_peers(cell):
+    shape = (5, 3, 3, 4, 2, True)
+    peers = installed_peers("numpy", "torch", "ort", "jax")
+    (result,), gemm, notes = run_tiny(peers, cell, shape=shape, lengths="uniform")
+    assert result.lengths == bench.draw_lengths("uniform", 5, 3).tolist()
+    assert result.steps_run == pytest.approx(sum(result.lengths) / (5 * 3))
+    assert result.fastrnn_full_length_forward_ms > 0 and result.fastrnn_full_length_forward_backward_ms > 0
+    assert result.ratio_to_full_length_forward == pytest.approx(
+        result.fastrnn_forward_ms / result.fastrnn_full_length_forward_ms
+    )
+    assert result.ratio_to_full_length_forward_backward == pytest.approx(
+        result.fastrnn_forward_backward_ms / result.fastrnn_full_length_forward_backward_ms
+    )
+    # fastrnn at full length is a column of its own, never a peer of the speedup.
+    timed_peers = [peer for peer in peers if peer != "jax"]
+    assert set(result.peers) == set(timed_peers)
+    fastest_forward = min(result.peers[peer]["forward_ms"] for peer in timed_peers)
+    assert result.speedup_forward == pytest.approx(fastest_forward / result.fastrnn_forward_ms)
+    # jax cannot honour lengths for less than the full-length cost: it is left out, with a note.
+    assert ("jax" in peers) == any(note.startswith("skipped peer jax: ") for note in notes)
+    assert all(note.startswith("skipped peer jax: ") for note in notes)
+    table = bench.format_table([result], timed_peers, gemm)
+    header = [column.strip() for column in table.splitlines()[0].split("|")[1:-1]]
+    assert header[:8] == ["shape (T,B,I,H,L,dir)", "fastrnn fwd", "fastrnn f+b", "steps run", "full-length fwd",
+                          "full-length f+b", "lengths/full fwd", "lengths/full f+b"]
+    row = [column.strip() for column in table.splitlines()[2].split("|")[1:-1]]
+    assert row[3] == f"{100 * result.steps_run:.0f}%"
+    assert row[6] == f"{result.ratio_to_full_length_forward:.2f}x"
+    assert "pack_padded_sequence" in table
 
 
 def test_forward_only_peer_has_no_forward_backward_time_or_speedup():
@@ -89,6 +147,15 @@ def test_unknown_peer_is_an_error():
         _cli.main(["bench", "--peers", "numpy,tensorflow"])
 
 
+def test_unknown_lengths_mode_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["bench", "--lengths", "sorted"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --lengths: invalid choice: 'sorted'" in error
+    assert "full" in error and "uniform" in error
+
+
 def test_import_fastrnn_loads_no_peer():
     completed = subprocess.run(
         [sys.executable, "-c", "import sys, fastrnn, fastrnn.bench; "
@@ -114,6 +181,26 @@ def test_command_writes_json(tmp_path, cell):
     assert [tuple(r["shape"]) for r in data["results"]] == [(4, 2, 3, 5, 1, False)]
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_command_with_uniform_lengths(tmp_path, cell):
+    path = tmp_path / "bench.json"
+    peers = ",".join(installed_peers("numpy", "torch", "ort"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "fastrnn", "bench", "--cell", cell, "--lengths", "uniform", "--shapes", "5,3,3,4",
+         "--peers", peers, "--budget", "0.001", "--json", str(path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "lengths uniform in [1, T] (--lengths uniform, seed 0)" in completed.stdout
+    assert "lengths/full f+b" in completed.stdout
+    data = json.loads(path.read_text())
+    assert data["lengths"] == "uniform"
+    (result,) = data["results"]
+    assert result["lengths"] == bench.draw_lengths("uniform", 5, 3).tolist()
+    assert set(result["peers"]) == set(peers.split(","))
+    assert result["ratio_to_full_length_forward_backward"] > 0
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     path = tmp_path / "README.md"
     path.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
@@ -132,6 +219,26 @@ def test_update_readme_puts_each_cell_between_its_own_markers(tmp_path):
     text = path.read_text()
     assert "old lstm" not in text and "| lstm |" in text
     assert f"{bench.README_START}\nrnn\n{bench.README_END}" in text
+
+
+def test_update_readme_puts_a_lengths_table_between_its_own_markers(tmp_path):
+    path = tmp_path / "README.md"
+    gru_start, gru_end = bench.readme_markers("gru")
+    lengths_start, lengths_end = bench.readme_markers("gru", "uniform")
+    assert lengths_start == "<!-- bench-table:gru:lengths-uniform:start -->"
+    path.write_text(f"{gru_start}\nfull gru\n{gru_end}\n{lengths_start}\nold\n{lengths_end}\n")
+    bench.update_readme(str(path), "cmd", "| gru lengths |", "gru", "uniform")
+    text = path.read_text()
+    assert "old" not in text and "| gru lengths |" in text
+    assert f"{gru_start}\nfull gru\n{gru_end}" in text
+
+
+def test_readme_without_the_lengths_markers_is_refused_before_timing(tmp_path, capsys):
+    path = tmp_path / "README.md"
+    path.write_text(f"{bench.README_START}\nfull-length table\n{bench.README_END}\n")
+    with pytest.raises(SystemExit, match="needs the markers '<!-- bench-table:rnn_tanh:lengths-uniform:start -->'"):
+        _cli.main(["bench", "--lengths", "uniform", "--peers", "numpy", "--readme", str(path)])
+    assert "[1/" not in capsys.readouterr().err  # no shape was timed
 
 
 def test_update_readme_without_markers_is_an_error(tmp_path):

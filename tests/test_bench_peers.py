@@ -2,7 +2,9 @@
 
 The ONNX graph reorders torch's gate blocks into ONNX's order and the jax models rewrite
 torch's gate math, so both are checked against torch.nn on a tiny stack: what they are
-timed doing is the same function fastrnn computes.
+timed doing is the same function fastrnn computes. With lengths, fastrnn, its reference
+and the ONNX graph are checked against torch's PackedSequence path, the one the torch
+peer is timed on.
 """
 
 from __future__ import annotations
@@ -10,7 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastrnn._bench_peers import CELLS, Case, build_layer, jax_model, jax_params, ort_session
+import fastrnn
+from fastrnn import reference
+from fastrnn._bench_peers import (
+    CELLS,
+    Case,
+    PeerUnavailable,
+    build_layer,
+    jax_model,
+    jax_params,
+    jax_peer,
+    ort_inputs,
+    ort_session,
+    torch_output,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -64,3 +79,53 @@ def test_jax_model_matches_torch(cell, num_layers, bidirectional):
     grad_x = jax.grad(lambda xs: (model(params, xs) * grad_output).sum())(x)
     np.testing.assert_allclose(np.asarray(output), expected.detach().numpy(), **TOLERANCES)
     np.testing.assert_allclose(np.asarray(grad_x), x_tensor.grad.numpy(), **TOLERANCES)
+
+
+# Unsorted, with a sequence of one step and one of all T steps.
+TINY_LENGTHS = (2, 5, 1, 4)
+
+
+def tiny_case_with_lengths(cell: str, num_layers: int, bidirectional: bool) -> Case:
+    return Case(cell, steps=5, batch=len(TINY_LENGTHS), input_size=4, hidden_size=5, num_layers=num_layers,
+                bidirectional=bidirectional, dtype=np.float32, lengths=TINY_LENGTHS)
+
+
+def torch_packed(case: Case):
+    """torch's packed-path output and input gradient, with the case's weights, input and output gradient."""
+    layer, weights, x, grad_output = torch_problem(case)
+    x_tensor = torch.tensor(x, requires_grad=True)
+    output = torch_output(layer, x_tensor, torch.from_numpy(case.lengths_array))
+    output.backward(torch.from_numpy(grad_output))
+    return weights, x, grad_output, output.detach().numpy(), x_tensor.grad.numpy()
+
+
+@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_onnx_graph_with_sequence_lens_matches_torch_packed(cell, num_layers, bidirectional):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    case = tiny_case_with_lengths(cell, num_layers, bidirectional)
+    weights, x, _, expected, _ = torch_packed(case)
+    (output,) = ort_session(case, weights).run(["output"], ort_inputs(case, x))
+    np.testing.assert_allclose(output, expected, **TOLERANCES)
+
+
+@pytest.mark.parametrize("module", [fastrnn, reference], ids=["fastrnn", "reference"])
+@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_layers_with_lengths_match_torch_packed(cell, num_layers, bidirectional, module):
+    case = tiny_case_with_lengths(cell, num_layers, bidirectional)
+    weights, x, grad_output, expected_output, expected_grad_x = torch_packed(case)
+    layer = build_layer(module, cell, case.input_size, case.hidden_size, num_layers, bidirectional=bidirectional)
+    layer.load_state_dict(weights)
+    output, _ = layer(x, lengths=case.lengths_array)
+    grad_x, _ = layer.backward(grad_output)
+    np.testing.assert_allclose(output, expected_output, **TOLERANCES)
+    np.testing.assert_allclose(grad_x, expected_grad_x, **TOLERANCES)
+
+
+def test_jax_peer_refuses_lengths_rather_than_run_full_length():
+    case = tiny_case_with_lengths("lstm", 1, False)
+    _, weights, x, grad_output = torch_problem(case)
+    with pytest.raises(PeerUnavailable, match="full-length cost"):
+        jax_peer(case, weights, x, grad_output)
