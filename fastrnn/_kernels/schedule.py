@@ -49,7 +49,7 @@ def row_piece(lengths, batch, pieces, index):
     return first, last - first
 
 
-@jit_inline
+@jit_helper  # not inlined: numba's inliner mislabels the scope of its loop-carried count
 def _steps_boundary(lengths, batch, total, pieces, index):
     """The first row whose preceding rows hold at least ``index / pieces`` of all real steps."""
     if index == 0:
