@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _stack
+from . import _rebuild, _stack
 from ._frontend import run_backward, run_forward
 from ._spec import StackSpec
 from ._validation import (
@@ -92,6 +92,13 @@ class Parameters:
 
     def eval(self):
         return self.train(False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle parameters, hyper-parameters, mode and generator; not gradients, nor what a forward kept."""
+        return _rebuild.pickle_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _rebuild.restore_pickle_state(self, state)
 
 
 class _Recurrent(Parameters):
