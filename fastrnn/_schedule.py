@@ -56,31 +56,32 @@ class Schedule:
         return int(self.lengths.sum())
 
     @cached_property
-    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(step, caller's batch index) of every packed row."""
+    def _padded_rows(self) -> np.ndarray:
+        """The row of every packed row in the caller's (T*B, W) view: t * B + caller's batch index."""
         steps = np.repeat(np.arange(self.steps), self.batch_sizes)
         within = np.arange(self.total) - np.repeat(self.step_starts, self.batch_sizes)
-        return steps, self.order[within]
+        return steps * self.batch + self.order[within]
 
-    def pack(self, padded: np.ndarray) -> np.ndarray:
-        """A caller's (T, B, W) time-major array as (packed rows, W), C-contiguous.
+    def pack(self, padded: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A caller's (T, B, W) time-major array as (packed rows, W), C-contiguous, in ``out`` if given.
 
         Unpacked schedules return a view, so a fresh ``padded`` stays the caller's to give.
         """
+        width = padded.shape[-1]
         if self.order is None:
-            return np.ascontiguousarray(padded).reshape(-1, padded.shape[-1])
-        steps, rows = self._positions
-        return padded[steps, rows]
+            return np.ascontiguousarray(padded).reshape(-1, width)
+        # One index per row along the first axis: numpy copies whole rows (take's fast path).
+        rows = np.ascontiguousarray(padded).reshape(-1, width)
+        return np.take(rows, self._padded_rows, axis=0, out=out)
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
         """(packed rows, W) back to the caller's (T, B, W), zero past each sequence's end."""
         width = packed.shape[-1]
         if self.order is None:
             return packed.reshape(self.padded_steps, self.batch, width)
-        padded = np.zeros((self.padded_steps, self.batch, width), dtype=packed.dtype)
-        steps, rows = self._positions
-        padded[steps, rows] = packed
-        return padded
+        padded = np.zeros((self.padded_steps * self.batch, width), dtype=packed.dtype)
+        padded[self._padded_rows] = packed
+        return padded.reshape(self.padded_steps, self.batch, width)
 
     def to_rows(self, states: np.ndarray) -> np.ndarray:
         """A stacked state (S, B, W) in the kernels' row order, C-contiguous."""

@@ -205,7 +205,9 @@ def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden
 def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last, schedule):
     rows = layer_input.shape[0]
     shape = (rows, spec.directions * spec.output_size)
-    if keep or last:
+    # The top layer's packed output is returned as it is, unless the schedule reorders the
+    # batch: then it is only read once more, to unpack it.
+    if keep or (last and schedule.order is None):
         hidden = np.empty(shape, dtype=layer_input.dtype)
     else:
         hidden = _scratch_array(layer % 2, shape, layer_input.dtype)
@@ -251,9 +253,13 @@ def forward(spec, x, initial, params, dropout, training, requires_grad, generato
         output = np.zeros((steps, batch, spec.directions * spec.output_size), dtype=x.dtype)
         finals = tuple(state.copy() for state in initial)
         return output, finals, _Record(schedule, None, spec.input_size) if requires_grad else None
-    packed = schedule.pack(x)
-    initial = tuple(schedule.to_rows(state) for state in initial)
     use_dropout = training and dropout > 0.0 and spec.num_layers > 1
+    # Only training keeps the packed input (for backward); inference packs into scratch.
+    scratch = None
+    if not requires_grad and schedule.order is not None:
+        scratch = _scratch_array(2, (schedule.total, x.shape[-1]), x.dtype)
+    packed = schedule.pack(x, scratch)
+    initial = tuple(schedule.to_rows(state) for state in initial)
     if not requires_grad and not use_dropout and spec.directions == 1 and spec.num_layers > 1:
         output, finals, record = _forward_chunked(spec, packed, initial, params, schedule)
     else:
