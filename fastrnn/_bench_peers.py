@@ -7,6 +7,10 @@ runs each sequence of the padded batch for its own length, as torch's
 ``pack_padded_sequence`` does; a peer that cannot do that at a cost proportional to the
 lengths raises :class:`PeerUnavailable` instead of being timed at full length. torch, jax
 and onnxruntime are imported inside the builders, so ``import fastrnn`` needs none of them.
+
+``--api torch`` times modules rather than peers: :func:`torch_api_timers` gives
+``fastrnn.torch``'s and ``torch.nn``'s module the same weights and input tensor, and
+times both through the same calls.
 """
 
 from __future__ import annotations
@@ -166,6 +170,69 @@ def torch_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, gra
         torch_output(layer, x_tensor, lengths).backward(grad_tensor)
 
     return forward, forward_backward
+
+
+# ``--api torch``: the two modules timed, in the order the table shows them.
+TORCH_API_MODULES = ("fastrnn.torch", "torch.nn")
+
+
+def torch_api_modules(case: Case, weights: Mapping[str, np.ndarray]) -> dict:
+    """``fastrnn.torch``'s and ``torch.nn``'s module for the case, both holding ``weights``,
+    under the names of :data:`TORCH_API_MODULES`."""
+    import torch
+
+    import fastrnn.torch
+
+    dtype = torch.float64 if case.dtype == np.float64 else torch.float32
+    tensors = {name: torch.from_numpy(value) for name, value in weights.items()}
+    modules = {}
+    for name, namespace in zip(TORCH_API_MODULES, (fastrnn.torch, torch.nn), strict=True):
+        module = build_layer(namespace, case.cell, case.input_size, case.hidden_size, case.num_layers,
+                             bidirectional=case.bidirectional, dtype=dtype)
+        module.load_state_dict(tensors)
+        modules[name] = module
+    return modules
+
+
+def torch_module_timers(module, x, lengths=None) -> Timers:
+    """Inference and one training step through a torch module, the same calls whichever
+    module it is, so that fastrnn.torch and torch.nn are timed doing the same work.
+
+    Inference is ``module(x)`` in eval mode under ``torch.no_grad()``. The training step
+    sets the gradients of the parameters and of ``x`` to None (so that every step does the
+    same work rather than accumulating into the last step's), runs ``out, _ = module(x)``
+    in training mode and ``out.sum().backward()``. With a tensor of ``lengths`` the call
+    goes through ``pack_padded_sequence`` and ``pad_packed_sequence``, both timed.
+    """
+    import torch
+
+    def inference():
+        module.eval()
+        with torch.no_grad():
+            torch_output(module, x, lengths)
+
+    def training_step():
+        module.train()
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        torch_output(module, x, lengths).sum().backward()
+
+    return inference, training_step
+
+
+def torch_api_timers(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, Timers]:
+    """The timers of :func:`torch_module_timers` for both modules of :func:`torch_api_modules`.
+
+    Both take one input tensor over ``x``'s memory. It requires grad, so that both
+    training steps compute the input gradient as well, as a layer inside a model does and
+    as the bench's FLOP count assumes.
+    """
+    import torch
+
+    x_tensor = torch.from_numpy(x).requires_grad_(True)
+    lengths = None if case.lengths is None else torch.from_numpy(case.lengths_array)
+    return {name: torch_module_timers(module, x_tensor, lengths)
+            for name, module in torch_api_modules(case, weights).items()}
 
 
 def _jax_cell(cell: str):

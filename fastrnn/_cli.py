@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .bench import CELLS, DEFAULT_LENGTHS_SHAPES, DEFAULT_PEERS, LENGTHS_MODES, PEERS, shape_label
+from .bench import APIS, CELLS, DEFAULT_LENGTHS_SHAPES, DEFAULT_PEERS, LENGTHS_MODES, OVERHEAD_SHAPE, PEERS, shape_label
 
 
 def demo(steps: int = 100, batch: int = 16, input_size: int = 64, hidden_size: int = 128) -> int:
@@ -59,8 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("demo", help="forward+backward on a default shape, checked and timed (default)")
     bench = commands.add_parser("bench", help="time fastrnn against its peers on the default grid")
     bench.add_argument(
-        "--peers", default=",".join(DEFAULT_PEERS),
-        help=f"comma-separated, some of {','.join(PEERS)} (ort: onnxruntime, forward only)",
+        "--api", default="numpy", choices=APIS,
+        help="numpy: fastrnn's layers against the peers (default); torch: fastrnn.torch's modules against "
+             "torch.nn's, same weights and input tensor, inference (no_grad) and a training step "
+             "(out, _ = module(x); out.sum().backward()), plus fastrnn.torch's overhead per call over the NumPy "
+             f"layer at {shape_label(OVERHEAD_SHAPE)}; --peers does not apply and is refused",
+    )
+    bench.add_argument(
+        "--peers", default=None,
+        help=f"comma-separated, some of {','.join(PEERS)} (ort: onnxruntime, forward only); "
+             f"default {','.join(DEFAULT_PEERS)}; not with --api torch",
     )
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     bench.add_argument("--cell", default="rnn_tanh", help=f"one of {', '.join(CELLS)}")
@@ -69,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         "--lengths", default="full", choices=LENGTHS_MODES,
         help="full: every sequence runs all T steps; uniform: each runs a length drawn uniformly from [1, T] "
              "(fixed seed), as do the peers that can (torch through pack_padded_sequence; not jax), and "
-             "fastrnn is also timed at full length for the ratio; without --shapes it runs "
+             "fastrnn is also timed at full length for the ratio (with --api torch: both modules take the batch "
+             "through pack_padded_sequence, and nothing runs at full length); without --shapes it runs "
              f"{' and '.join(shape_label(shape) for shape in DEFAULT_LENGTHS_SHAPES)}",
     )
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
     bench.add_argument("--json", help="write the results to this JSON file")
     bench.add_argument("--plot", help="draw a PNG bar chart of the speedups (needs matplotlib)")
     bench.add_argument(
-        "--readme", help="replace the table between the bench-table markers in this Markdown file"
+        "--readme", help="replace the table between the bench-table markers in this Markdown file (each cell, "
+                         "lengths mode and API has its own, e.g. <!-- bench-table:lstm:api-torch:start -->)"
     )
     warmup = commands.add_parser("compile", help="compile every kernel variant ahead of time, into numba's cache")
     warmup.add_argument("--cell", help="comma-separated cells (rnn_tanh, lstm, gru); default: all")

@@ -7,6 +7,11 @@ per implementation is kept, so ratios hold even on a noisy machine.
 seed, and every peer that can runs those lengths (torch through its PackedSequence path).
 fastrnn is then also timed on the same batch at full length, in the same rounds, so the
 table shows what the lengths save next to the speedup over the peers.
+
+``--api torch`` times torch modules instead of layers: ``fastrnn.torch``'s against
+``torch.nn``'s, holding the same weights and taking the same input tensor, for inference
+and for one training step, and measures what ``fastrnn.torch`` adds per call to fastrnn's
+NumPy layer.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from ._bench_peers import (
     CELL_TITLES,
     CELLS,
     GATES,
+    LAYER_CLASSES,
     PEER_BUILDERS,
+    TORCH_API_MODULES,
     Case,
     PeerUnavailable,
     Timers,
@@ -33,6 +40,8 @@ from ._bench_peers import (
     build_case_layer,
     layer_timers,
     missing_modules,
+    torch_api_modules,
+    torch_api_timers,
 )
 
 # (T, B, I, H, layers, bidirectional): the speed targets' grid.
@@ -60,6 +69,12 @@ LENGTHS_MODES = ("full", "uniform")
 LENGTHS_SEED = 0
 # The key under which fastrnn at full length is timed next to fastrnn with the lengths.
 FULL_LENGTH = "fastrnn full length"
+# ``--api``: what is timed. numpy: fastrnn's layers against the peers; torch: fastrnn.torch's
+# modules against torch.nn's.
+APIS = ("numpy", "torch")
+# The shape at which fastrnn.torch's per-call overhead over the NumPy layer is measured: small
+# enough that the kernels take about 0.1 ms, so the adapter's microseconds show.
+OVERHEAD_SHAPE = (100, 1, 32, 64, 1, False)
 
 
 def draw_lengths(mode: str, steps: int, batch: int, seed: int = LENGTHS_SEED) -> np.ndarray | None:
@@ -91,6 +106,23 @@ class ShapeResult:
     fastrnn_full_length_forward_backward_ms: float | None = None
     ratio_to_full_length_forward: float | None = None
     ratio_to_full_length_forward_backward: float | None = None
+
+
+@dataclass
+class TorchApiResult:
+    """One shape of ``--api torch``: both modules' inference and training step times (ms)."""
+
+    shape: tuple
+    fastrnn_torch_inference_ms: float
+    fastrnn_torch_training_step_ms: float
+    torch_nn_inference_ms: float
+    torch_nn_training_step_ms: float
+    speedup_inference: float  # torch.nn / fastrnn.torch
+    speedup_training_step: float
+    gflops_training_step: float = 0.0  # fastrnn.torch's
+    percent_of_gemm: float = 0.0
+    lengths: list[int] | None = None
+    steps_run: float = 1.0
 
 
 def shape_label(shape) -> str:
@@ -262,12 +294,100 @@ def run(
     return results, gemm, notes
 
 
+def run_torch_api(
+    shapes, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS,
+    lengths: str = "full",
+) -> tuple[list[TorchApiResult], float]:
+    """Time fastrnn.torch's module against torch.nn's on each shape, inference and a training
+    step, with the same weights and input; returns the results and the GEMM reference."""
+    import fastrnn
+
+    gemm = gemm_gflops(dtype)
+    results = []
+    fastrnn_torch, torch_nn = TORCH_API_MODULES
+    for index, shape in enumerate(shapes, 1):
+        print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
+        steps, batch = shape[:2]
+        case_lengths = draw_lengths(lengths, steps, batch)
+        case = Case.from_shape(cell, shape, dtype, case_lengths)
+        # fastrnn's seeded weights and the bench's data, as the NumPy table's fastrnn runs.
+        weights = build_case_layer(fastrnn, case).state_dict()
+        made = torch_api_timers(case, weights, _data(case)[0])
+        inference = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
+        training = interleaved_medians({name: timers[1] for name, timers in made.items()}, budget, settle)
+        result = TorchApiResult(
+            shape,
+            inference[fastrnn_torch] * 1e3, training[fastrnn_torch] * 1e3,
+            inference[torch_nn] * 1e3, training[torch_nn] * 1e3,
+            speedup_inference=inference[torch_nn] / inference[fastrnn_torch],
+            speedup_training_step=training[torch_nn] / training[fastrnn_torch],
+        )
+        if case_lengths is not None:
+            result.lengths = case_lengths.tolist()
+            result.steps_run = float(case_lengths.sum()) / (steps * batch)
+        useful_flops = forward_backward_flops(shape, cell) * result.steps_run
+        result.gflops_training_step = useful_flops / training[fastrnn_torch] / 1e9
+        results.append(result)
+    gemm = max(gemm, gemm_gflops(dtype))
+    for result in results:
+        result.percent_of_gemm = 100.0 * result.gflops_training_step / gemm
+    return results, gemm
+
+
+def adapter_overhead_seconds(cell: str, dtype, budget: float, settle: float = SETTLE_SECONDS) -> float:
+    """What fastrnn.torch adds to each call of fastrnn's NumPy layer, in seconds.
+
+    At :data:`OVERHEAD_SHAPE`: the median of the fastrnn.torch module's forward under
+    ``torch.no_grad()`` minus the median of the fastrnn layer's forward in eval mode, on the
+    same weights and data, timed in alternating blocks in this process. Both run the same
+    inference kernels, so the difference is the adapter's argument checks and conversions.
+    """
+    import torch
+
+    import fastrnn
+
+    case = Case.from_shape(cell, OVERHEAD_SHAPE, dtype)
+    layer = build_case_layer(fastrnn, case).eval()
+    module = torch_api_modules(case, layer.state_dict())[TORCH_API_MODULES[0]].eval()
+    x = _data(case)[0]
+    x_tensor = torch.from_numpy(x)
+
+    def numpy_layer():
+        layer(x)
+
+    def torch_module():
+        with torch.no_grad():
+            module(x_tensor)
+
+    medians = interleaved_medians({"fastrnn": numpy_layer, "fastrnn.torch": torch_module}, budget, settle)
+    return medians["fastrnn.torch"] - medians["fastrnn"]
+
+
+def overhead_line(cell: str, overhead_seconds: float) -> str:
+    """The sentence that reports :func:`adapter_overhead_seconds`."""
+    name = LAYER_CLASSES[cell]
+    return (f"fastrnn.torch overhead per call at {shape_label(OVERHEAD_SHAPE)}: {overhead_seconds * 1e6:.1f} µs "
+            f"(median of fastrnn.torch.{name} under torch.no_grad() minus median of fastrnn.{name} in eval mode, "
+            "same weights and data, timed in alternating blocks).")
+
+
 def _milliseconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
 def _times(value: float | None) -> str:
     return f"{value:.2f}x" if value else "-"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table whose columns are padded to their widest cell."""
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    return lines
 
 
 def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> str:
@@ -300,12 +420,7 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
             f"{r.percent_of_gemm:.0f}%",
         ]
         rows.append(row)
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines = _markdown_table(header, rows)
     footer = ("\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
               f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
     forward_only = [
@@ -323,34 +438,92 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
     return "\n".join(lines)
 
 
-def plot(results: list[ShapeResult], path: str, cell: str) -> None:
+def format_torch_api_table(results: list[TorchApiResult], gemm: float) -> str:
+    """The Markdown table of ``--api torch``; results run with lengths also get "steps run"."""
+    with_lengths = any(r.lengths is not None for r in results)
+    header = ["shape (T,B,I,H,L,dir)"] + (["steps run"] if with_lengths else [])
+    for name in TORCH_API_MODULES:
+        header += [f"{name} inference", f"{name} train step"]
+    header += ["speedup inference", "speedup train step", "GFLOP/s train step", "% of gemm"]
+    rows = []
+    for r in results:
+        row = [shape_label(r.shape)] + ([f"{100 * r.steps_run:.0f}%"] if with_lengths else [])
+        row += [
+            f"{r.fastrnn_torch_inference_ms:.3f}", f"{r.fastrnn_torch_training_step_ms:.3f}",
+            f"{r.torch_nn_inference_ms:.3f}", f"{r.torch_nn_training_step_ms:.3f}",
+            _times(r.speedup_inference), _times(r.speedup_training_step),
+            f"{r.gflops_training_step:.1f}", f"{r.percent_of_gemm:.0f}%",
+        ]
+        rows.append(row)
+    lines = _markdown_table(header, rows)
+    footer = ("\nTimes in ms (median over interleaved blocks of calls). Inference: `module(x)` in eval mode under "
+              "`torch.no_grad()`. Train step: the parameters' and x's gradients set to None, then "
+              "`out, _ = module(x); out.sum().backward()` in training mode, x requiring grad. Both modules hold "
+              "the same weights and take the same input tensor. Speedup = torch.nn / fastrnn.torch; GFLOP/s is "
+              f"fastrnn.torch's train step. GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+    if with_lengths:
+        footer += (" Both modules ran each sequence for its own length: pack_padded_sequence(x, lengths, "
+                   "enforce_sorted=False), the module, pad_packed_sequence, all timed; steps run = sum(lengths) / "
+                   "(T*B). GFLOP/s counts the steps run only.")
+    lines.append(footer)
+    return "\n".join(lines)
+
+
+def _plot_speedups(path: str, labels: list[str], bars: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """A PNG of side-by-side speedup bars per shape, ``bars`` mapping each legend entry to its values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [shape_label(r.shape) for r in results]
-    positions = np.arange(len(results))
+    positions = np.arange(len(labels))
     figure, axis = plt.subplots(figsize=(10, 4.5))
-    axis.bar(positions - 0.2, [r.speedup_forward or 0 for r in results], 0.4, label="forward")
-    axis.bar(positions + 0.2, [r.speedup_forward_backward or 0 for r in results], 0.4, label="forward+backward")
+    for offset, (legend, values) in zip((-0.2, 0.2), bars.items(), strict=True):
+        axis.bar(positions + offset, values, 0.4, label=legend)
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
-    axis.set_ylabel("speedup over fastest peer (x)")
-    lengths = ", lengths uniform in [1, T]" if any(r.lengths is not None for r in results) else ""
-    axis.set_title(f"fastrnn vs the fastest CPU peer, {CELL_TITLES[cell]}{lengths}")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def _lengths_in_title(results) -> str:
+    return ", lengths uniform in [1, T]" if any(r.lengths is not None for r in results) else ""
+
+
+def plot(results: list[ShapeResult], path: str, cell: str) -> None:
+    _plot_speedups(
+        path, [shape_label(r.shape) for r in results],
+        {"forward": [r.speedup_forward or 0 for r in results],
+         "forward+backward": [r.speedup_forward_backward or 0 for r in results]},
+        "speedup over fastest peer (x)",
+        f"fastrnn vs the fastest CPU peer, {CELL_TITLES[cell]}{_lengths_in_title(results)}",
+    )
+
+
+def plot_torch_api(results: list[TorchApiResult], path: str, cell: str) -> None:
+    _plot_speedups(
+        path, [shape_label(r.shape) for r in results],
+        {"inference": [r.speedup_inference for r in results],
+         "training step": [r.speedup_training_step for r in results]},
+        "speedup over torch.nn (x)",
+        f"fastrnn.torch vs torch.nn, {CELL_TITLES[cell]}{_lengths_in_title(results)}",
+    )
 
 
 README_START = "<!-- bench-table:start -->"
 README_END = "<!-- bench-table:end -->"
 
 
-def readme_markers(cell: str = "rnn_tanh", lengths: str = "full") -> tuple[str, str]:
+def readme_markers(cell: str = "rnn_tanh", lengths: str = "full", api: str = "numpy") -> tuple[str, str]:
     """The markers around one cell's table: the Elman cell's full-length ones are the plain
-    ones; a table with lengths has its own, ``<!-- bench-table:CELL:lengths-MODE:start -->``."""
+    ones; a table with lengths has its own, ``<!-- bench-table:CELL:lengths-MODE:start -->``,
+    and ``--api torch`` tables theirs, ``<!-- bench-table:CELL:api-torch[:lengths-MODE]:start -->``."""
+    if api != "numpy":
+        prefix = f"<!-- bench-table:{cell}:api-{api}" + ("" if lengths == "full" else f":lengths-{lengths}")
+        return f"{prefix}:start -->", f"{prefix}:end -->"
     if lengths != "full":
         prefix = f"<!-- bench-table:{cell}:lengths-{lengths}"
         return f"{prefix}:start -->", f"{prefix}:end -->"
@@ -377,10 +550,16 @@ def cpu_description() -> str:
     return f"{model} ({llvm.get_host_cpu_name()}, {isa})"
 
 
-def _machine_line() -> str:
+def _machine_line(with_torch: bool = False) -> str:
+    """The CPU, its cores and the versions that made a table (torch's too where it is timed itself)."""
     import numba
 
-    return (f"{cpu_description()}, {available_cores()} cores; numpy {np.__version__}, numba {numba.__version__}; "
+    versions = f"numpy {np.__version__}, numba {numba.__version__}"
+    if with_torch:
+        import torch
+
+        versions += f", torch {torch.__version__}"
+    return (f"{cpu_description()}, {available_cores()} cores; {versions}; "
             "BLAS variables unset (`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`).")
 
 
@@ -391,16 +570,18 @@ def _marked_block(path: str, text: str, start_marker: str, end_marker: str) -> t
     return start, end
 
 
-def check_readme(path: str, cell: str = "rnn_tanh", lengths: str = "full") -> None:
+def check_readme(path: str, cell: str = "rnn_tanh", lengths: str = "full", api: str = "numpy") -> None:
     """Raise ValueError unless ``update_readme`` can write the cell's table into the file."""
     with open(path) as handle:
-        _marked_block(path, handle.read(), *readme_markers(cell, lengths))
+        _marked_block(path, handle.read(), *readme_markers(cell, lengths, api))
 
 
-def update_readme(path: str, command: str, table: str, cell: str = "rnn_tanh", lengths: str = "full") -> None:
-    """Put the command and its table between the bench-table markers of the cell and lengths
-    mode in a Markdown file."""
-    start_marker, end_marker = readme_markers(cell, lengths)
+def update_readme(
+    path: str, command: str, table: str, cell: str = "rnn_tanh", lengths: str = "full", api: str = "numpy"
+) -> None:
+    """Put the command and its table between the bench-table markers of the cell, lengths
+    mode and API in a Markdown file."""
+    start_marker, end_marker = readme_markers(cell, lengths, api)
     with open(path) as handle:
         text = handle.read()
     start, end = _marked_block(path, text, start_marker, end_marker)
@@ -425,6 +606,26 @@ def parse_shapes(text: str) -> list[tuple]:
     return shapes
 
 
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+    print(f"wrote {path}")
+
+
+def _command_options(args) -> str:
+    """The options after ``--peers`` (or ``--api torch``) in the command a README table names."""
+    options = f" --dtype {args.dtype} --cell {args.cell}"
+    if args.lengths != "full":
+        options += f" --lengths {args.lengths}"
+    if args.shapes:
+        options += f' --shapes "{args.shapes}"'
+    return options
+
+
+def _lengths_title(lengths: str) -> str:
+    return "" if lengths == "full" else f", lengths uniform in [1, T] (--lengths {lengths}, seed {LENGTHS_SEED})"
+
+
 def main(args) -> int:
     if os.environ.get("OPENBLAS_CORETYPE"):
         print(
@@ -434,52 +635,87 @@ def main(args) -> int:
             file=sys.stderr,
         )
     dtype = np.dtype(args.dtype).type
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in PEERS]
-    if unknown:
-        raise SystemExit(f"unknown peers {unknown}; expected some of {list(PEERS)}")
+    api = args.api
+    if api not in APIS:
+        raise SystemExit(f"unknown api {api!r}; expected one of {list(APIS)}")
     if args.cell not in CELLS:
         raise SystemExit(f"unknown cell {args.cell!r}; expected one of {list(CELLS)}")
     if args.lengths not in LENGTHS_MODES:
         raise SystemExit(f"unknown lengths mode {args.lengths!r}; expected one of {list(LENGTHS_MODES)}")
+    if api == "torch":
+        # Refused rather than ignored, so that nobody reads a table as covering peers it left out.
+        if args.peers is not None:
+            raise SystemExit("--peers does not apply with --api torch, which times fastrnn.torch against torch.nn "
+                             "only; leave --peers out")
+        if missing_modules("torch"):
+            raise SystemExit("--api torch needs PyTorch, which is not installed: pip install torch")
+        peers = []
+    else:
+        peers = [p.strip() for p in (args.peers or ",".join(DEFAULT_PEERS)).split(",") if p.strip()]
+        unknown = [p for p in peers if p not in PEERS]
+        if unknown:
+            raise SystemExit(f"unknown peers {unknown}; expected some of {list(PEERS)}")
     if args.shapes:
         shapes = parse_shapes(args.shapes)
     else:
         shapes = list(DEFAULT_SHAPES if args.lengths == "full" else DEFAULT_LENGTHS_SHAPES)
     if args.readme:
-        # Before the timing, which takes minutes: a table with lengths needs markers of its own.
+        # Before the timing, which takes minutes: each lengths mode and API has markers of its own.
         try:
-            check_readme(args.readme, args.cell, args.lengths)
+            check_readme(args.readme, args.cell, args.lengths, api)
         except (OSError, ValueError) as error:
             raise SystemExit(f"--readme: {error}") from error
+    if api == "torch":
+        return _main_torch_api(args, dtype, shapes)
     results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget, lengths=args.lengths)
     for note in notes:
         print(note)
     shown = [p for p in peers if any(p in r.peers for r in results)]
-    lengths_title = (
-        "" if args.lengths == "full"
-        else f", lengths uniform in [1, T] (--lengths {args.lengths}, seed {LENGTHS_SEED})"
-    )
     print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}"
-          f"{lengths_title}, forward and forward+backward\n")
+          f"{_lengths_title(args.lengths)}, forward and forward+backward\n")
     table = format_table(results, shown, gemm)
     print(table)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"cell": args.cell, "dtype": np.dtype(dtype).name, "lengths": args.lengths,
-                       "gemm_gflops": gemm, "results": [asdict(r) for r in results]}, handle, indent=2)
-        print(f"wrote {args.json}")
+        _write_json(args.json, {"api": api, "cell": args.cell, "dtype": np.dtype(dtype).name,
+                                "lengths": args.lengths, "gemm_gflops": gemm,
+                                "results": [asdict(r) for r in results]})
     if args.readme:
-        command = f"python -m fastrnn bench --peers {args.peers} --dtype {args.dtype} --cell {args.cell}"
-        if args.lengths != "full":
-            command += f" --lengths {args.lengths}"
-        if args.shapes:
-            command += f' --shapes "{args.shapes}"'
+        command = f"python -m fastrnn bench --peers {','.join(peers)}" + _command_options(args)
         update_readme(args.readme, command, table + f"\n\n{_machine_line()}", args.cell, args.lengths)
         print(f"updated {args.readme}")
     if args.plot:
         try:
             plot(results, args.plot, args.cell)
+        except ImportError:
+            print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _main_torch_api(args, dtype, shapes: list[tuple]) -> int:
+    """``--api torch``: the table of fastrnn.torch against torch.nn, and the adapter's overhead."""
+    # sys.stderr as it is now, not as it was when the module was imported.
+    results, gemm = run_torch_api(shapes, dtype, args.cell, args.budget, progress=sys.stderr, lengths=args.lengths)
+    overhead = adapter_overhead_seconds(args.cell, dtype, args.budget)
+    print(f"\nfastrnn bench --api torch: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}"
+          f"{_lengths_title(args.lengths)}, fastrnn.torch against torch.nn, inference and a training step\n")
+    table = format_torch_api_table(results, gemm)
+    print(table)
+    print(f"\n{overhead_line(args.cell, overhead)}")
+    if args.json:
+        _write_json(args.json, {"api": "torch", "cell": args.cell, "dtype": np.dtype(dtype).name,
+                                "lengths": args.lengths, "gemm_gflops": gemm,
+                                "adapter_overhead_us": overhead * 1e6, "overhead_shape": list(OVERHEAD_SHAPE),
+                                "results": [asdict(r) for r in results]})
+    if args.readme:
+        command = "python -m fastrnn bench --api torch" + _command_options(args)
+        block = f"{table}\n\n{overhead_line(args.cell, overhead)}\n\n{_machine_line(with_torch=True)}"
+        update_readme(args.readme, command, block, args.cell, args.lengths, "torch")
+        print(f"updated {args.readme}")
+    if args.plot:
+        try:
+            plot_torch_api(results, args.plot, args.cell)
         except ImportError:
             print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
             return 1

@@ -201,6 +201,85 @@ def test_command_with_uniform_lengths(tmp_path, cell):
     assert result["ratio_to_full_length_forward_backward"] > 0
 
 
+def without_settling(monkeypatch):
+    """Drop the settling pause of every timed block: it is there for honest timings, which
+    these tests do not read."""
+    timed = bench.interleaved_medians
+    monkeypatch.setattr(bench, "interleaved_medians",
+                        lambda functions, budget, settle=0.0: timed(functions, budget, settle=0.0))
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_api_torch_command_writes_json(tmp_path, capsys, monkeypatch, cell):
+    pytest.importorskip("torch")
+    without_settling(monkeypatch)
+    path = tmp_path / "bench.json"
+    assert _cli.main(["bench", "--api", "torch", "--cell", cell, "--shapes", "4,2,3,5,2,bi", "--budget", "0.001",
+                      "--json", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "[1/1] (4,2,3,5,2,bi)" in captured.err
+    assert f"--api torch: {bench.CELL_TITLES[cell]} (--cell {cell})" in captured.out
+    assert "| fastrnn.torch inference | fastrnn.torch train step | torch.nn inference | torch.nn train step |" in (
+        captured.out
+    )
+    assert "fastrnn.torch overhead per call at (100,1,32,64,1,uni): " in captured.out
+    data = json.loads(path.read_text())
+    assert (data["api"], data["cell"], data["dtype"], data["lengths"]) == ("torch", cell, "float32", "full")
+    assert data["overhead_shape"] == [100, 1, 32, 64, 1, False]
+    assert isinstance(data["adapter_overhead_us"], float)
+    (result,) = data["results"]
+    assert result["shape"] == [4, 2, 3, 5, 2, True] and result["lengths"] is None
+    times = ("fastrnn_torch_inference_ms", "fastrnn_torch_training_step_ms", "torch_nn_inference_ms",
+             "torch_nn_training_step_ms")
+    assert all(result[name] > 0 for name in times)
+    assert result["speedup_inference"] == pytest.approx(result["torch_nn_inference_ms"]
+                                                        / result["fastrnn_torch_inference_ms"])
+    assert result["speedup_training_step"] == pytest.approx(result["torch_nn_training_step_ms"]
+                                                            / result["fastrnn_torch_training_step_ms"])
+    assert result["gflops_training_step"] > 0
+
+
+def test_api_torch_with_uniform_lengths_runs_packed_sequences():
+    pytest.importorskip("torch")
+    (result,), gemm = bench.run_torch_api([(5, 3, 3, 4, 2, True)], np.float32, "lstm", budget=0.001,
+                                          progress=io.StringIO(), settle=0.0, lengths="uniform")
+    assert result.lengths == bench.draw_lengths("uniform", 5, 3).tolist()
+    assert result.steps_run == pytest.approx(sum(result.lengths) / (5 * 3))
+    table = bench.format_torch_api_table([result], gemm)
+    header = [column.strip() for column in table.splitlines()[0].split("|")[1:-1]]
+    assert header[:2] == ["shape (T,B,I,H,L,dir)", "steps run"]
+    assert "pack_padded_sequence(x, lengths, enforce_sorted=False)" in table
+
+
+def test_unknown_api_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["bench", "--api", "jax"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --api: invalid choice: 'jax'" in error
+    assert "numpy" in error and "torch" in error
+
+
+def test_peers_with_api_torch_are_refused_before_timing(capsys):
+    with pytest.raises(SystemExit, match="--peers does not apply with --api torch"):
+        _cli.main(["bench", "--api", "torch", "--peers", "numpy"])
+    assert "[1/" not in capsys.readouterr().err
+
+
+def test_update_readme_puts_an_api_torch_table_between_its_own_markers(tmp_path):
+    path = tmp_path / "README.md"
+    lstm_start, lstm_end = bench.readme_markers("lstm")
+    torch_start, torch_end = bench.readme_markers("lstm", api="torch")
+    assert torch_start == "<!-- bench-table:lstm:api-torch:start -->"
+    lengths_start, _ = bench.readme_markers("gru", "uniform", "torch")
+    assert lengths_start == "<!-- bench-table:gru:api-torch:lengths-uniform:start -->"
+    path.write_text(f"{lstm_start}\nnumpy lstm\n{lstm_end}\n{torch_start}\nold\n{torch_end}\n")
+    bench.update_readme(str(path), "cmd", "| torch lstm |", "lstm", api="torch")
+    text = path.read_text()
+    assert "old" not in text and "| torch lstm |" in text
+    assert f"{lstm_start}\nnumpy lstm\n{lstm_end}" in text
+
+
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     path = tmp_path / "README.md"
     path.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")

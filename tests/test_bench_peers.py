@@ -4,7 +4,8 @@ The ONNX graph reorders torch's gate blocks into ONNX's order and the jax models
 torch's gate math, so both are checked against torch.nn on a tiny stack: what they are
 timed doing is the same function fastrnn computes. With lengths, fastrnn, its reference
 and the ONNX graph are checked against torch's PackedSequence path, the one the torch
-peer is timed on.
+peer is timed on. ``--api torch``'s two modules are checked against each other through the
+very calls the bench times.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import fastrnn
 from fastrnn import reference
 from fastrnn._bench_peers import (
     CELLS,
+    TORCH_API_MODULES,
     Case,
     PeerUnavailable,
     build_layer,
@@ -24,6 +26,8 @@ from fastrnn._bench_peers import (
     jax_peer,
     ort_inputs,
     ort_session,
+    torch_api_modules,
+    torch_module_timers,
     torch_output,
 )
 
@@ -129,3 +133,51 @@ def test_jax_peer_refuses_lengths_rather_than_run_full_length():
     _, weights, x, grad_output = torch_problem(case)
     with pytest.raises(PeerUnavailable, match="full-length cost"):
         jax_peer(case, weights, x, grad_output)
+
+
+def training_step_results(timers, module, x_tensor) -> dict[str, np.ndarray]:
+    """Run a module's timed training step and keep what it computed: the input's and every
+    parameter's gradient."""
+    _, training_step = timers
+    training_step()
+    results = {"x": x_tensor.grad.numpy().copy()}
+    results.update({name: param.grad.numpy().copy() for name, param in module.named_parameters()})
+    return results
+
+
+@pytest.mark.parametrize("lengths", [None, TINY_LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_api_modules_compute_the_same_training_step(cell, lengths, monkeypatch):
+    # Count fastrnn's kernel calls: fastrnn.torch's module must run them, not fall back to torch's forward.
+    kernel_calls = []
+    for kind in ("rnn", "lstm", "gru"):
+        original = getattr(fastrnn.functional, f"{kind}_forward")
+
+        def counted(*args, _original=original, **kwargs):
+            kernel_calls.append(kwargs["requires_grad"])
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(fastrnn.functional, f"{kind}_forward", counted)
+    case = Case(cell, steps=5, batch=4, input_size=4, hidden_size=5, num_layers=2, bidirectional=True,
+                dtype=np.float32, lengths=lengths)
+    _, weights, x, _ = torch_problem(case)
+    modules = torch_api_modules(case, weights)
+    assert list(modules) == list(TORCH_API_MODULES)
+    assert type(modules["fastrnn.torch"]).__module__ == "fastrnn.torch"
+    x_tensor = torch.from_numpy(x).requires_grad_(True)
+    lengths_tensor = None if lengths is None else torch.tensor(lengths)
+    results = {}
+    for name, module in modules.items():
+        timers = torch_module_timers(module, x_tensor, lengths_tensor)
+        first = training_step_results(timers, module, x_tensor)
+        # A second step recomputes the gradients rather than adding to the first step's.
+        second = training_step_results(timers, module, x_tensor)
+        for key, value in first.items():
+            np.testing.assert_array_equal(second[key], value, err_msg=f"{name} {key}")
+        results[name] = first
+    # Two training steps of fastrnn.torch's module, each keeping what its backward needs; none of torch.nn's.
+    assert kernel_calls == [True, True]
+    fast, expected = results["fastrnn.torch"], results["torch.nn"]
+    assert fast.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(fast[key], value, err_msg=key, rtol=1e-4, atol=1e-5)
