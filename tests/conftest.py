@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
+import pytest
 from hypothesis import settings
 
 import fastrnn
-from fastrnn import reference
+from fastrnn import _parallel, _stack, reference
 
 settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -267,3 +268,22 @@ def assert_results_close(actual: dict[str, np.ndarray], expected: dict[str, np.n
             tolerances = dict(PARAM_GRAD_TOLERANCES[name_of_dtype])
             tolerances["atol"] *= max(1.0, float(np.abs(value[np.isfinite(value)]).max(initial=0.0)))
         np.testing.assert_allclose(actual[name], value, err_msg=name, **tolerances)
+
+
+@pytest.fixture
+def parallel_engine(monkeypatch):
+    """Two threads for every layer, counting the layer kernels run in parallel pieces."""
+    original_threads = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
+    calls = []
+    real_run_kernel = _parallel.run_kernel
+
+    def counting_run_kernel(serial, parallel, pieces, *args):
+        if pieces:
+            calls.append(pieces)
+        real_run_kernel(serial, parallel, pieces, *args)
+
+    monkeypatch.setattr(_parallel, "run_kernel", counting_run_kernel)
+    yield calls
+    fastrnn.set_num_threads(original_threads)

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from fastrnn import _parallel, _stack, reference
+from fastrnn import reference
 from fastrnn.testing import GradcheckError, gradcheck
 
 from .conftest import (
@@ -322,25 +322,11 @@ def test_empty_sequences_add_nothing_to_parameter_gradients(module, kind):
 
 
 @pytest.fixture
-def counted_parallel_calls(monkeypatch):
-    """Two threads for every layer kernel, recording those that ran in parallel pieces."""
+def counted_parallel_calls(parallel_engine):
+    """``parallel_engine``, where numba has the two threads it asks for."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here")
-    original_threads = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(2)
-    # Even the shortest random batches should take the threaded path.
-    monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
-    calls = []
-    real_run_kernel = _parallel.run_kernel
-
-    def counting_run_kernel(serial, parallel, pieces, *args):
-        if pieces:
-            calls.append(pieces)
-        real_run_kernel(serial, parallel, pieces, *args)
-
-    monkeypatch.setattr(_parallel, "run_kernel", counting_run_kernel)
-    yield calls
-    fastrnn.set_num_threads(original_threads)
+    return parallel_engine
 
 
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)], ids=["L1_uni", "L2_bi"])

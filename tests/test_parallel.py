@@ -16,30 +16,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _parallel, _stack
 from fastrnn._kernels.blas import openblas
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
-
-
-@pytest.fixture
-def parallel_engine(monkeypatch):
-    """Two threads for every layer, counting the layer kernels run in parallel pieces."""
-    original_threads = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(2)
-    monkeypatch.setattr(_stack, "PARALLEL_RECURRENCE_WORK", 0)
-    calls = []
-    real_run_kernel = _parallel.run_kernel
-
-    def counting_run_kernel(serial, parallel, pieces, *args):
-        if pieces:
-            calls.append(pieces)
-        real_run_kernel(serial, parallel, pieces, *args)
-
-    monkeypatch.setattr(_parallel, "run_kernel", counting_run_kernel)
-    yield calls
-    fastrnn.set_num_threads(original_threads)
-
 
 CONFIGS = [
     Config(num_layers=1, bidirectional=False),
