@@ -62,6 +62,18 @@ class Schedule:
         within = np.arange(self.total) - np.repeat(self.step_starts, self.batch_sizes)
         return steps * self.batch + self.order[within]
 
+    @cached_property
+    def _packed_sources(self) -> np.ndarray:
+        """The packed row each of the caller's T*B rows comes from; ``total`` (the zero row) for padding."""
+        sources = np.full(self.padded_steps * self.batch, self.total, dtype=np.int64)
+        sources[self._padded_rows] = np.arange(self.total)
+        return sources
+
+    @property
+    def zero_row(self) -> bool:
+        """Whether ``unpack`` reads a zero row after the packed rows: when the batch is reordered."""
+        return self.order is not None
+
     def pack(self, padded: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """A caller's (T, B, W) time-major array as (packed rows, W), C-contiguous, in ``out`` if given.
 
@@ -70,17 +82,37 @@ class Schedule:
         width = padded.shape[-1]
         if self.order is None:
             return np.ascontiguousarray(padded).reshape(-1, width)
-        # One index per row along the first axis: numpy copies whole rows (take's fast path).
+        # One index per row along the first axis: numpy copies whole rows. The indices are
+        # valid by construction; take's default mode ("raise") would copy ``out`` once more.
         rows = np.ascontiguousarray(padded).reshape(-1, width)
-        return np.take(rows, self._padded_rows, axis=0, out=out)
+        return np.take(rows, self._padded_rows, axis=0, out=out, mode="clip")
+
+    def packed_array(self, width: int, dtype, out: np.ndarray | None = None) -> np.ndarray:
+        """An uninitialised (packed rows, width) array for a result that ``unpack`` will read.
+
+        With ``zero_row`` it has one more row, of zeros, past the packed rows: the kernels
+        only touch the packed rows, and every padded step of the result reads the zero row.
+        ``out``, if given, is used when it has that shape.
+        """
+        rows = self.total + 1 if self.zero_row else self.total
+        if out is None or out.shape != (rows, width):
+            out = np.empty((rows, width), dtype=dtype)
+        if self.zero_row:
+            out[self.total] = 0
+        return out
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
-        """(packed rows, W) back to the caller's (T, B, W), zero past each sequence's end."""
+        """An array from ``packed_array`` back to the caller's (T, B, W), zero past each sequence's end.
+
+        Every output row is written once, from its packed row or the zero row.
+        """
         width = packed.shape[-1]
         if self.order is None:
             return packed.reshape(self.padded_steps, self.batch, width)
-        padded = np.zeros((self.padded_steps * self.batch, width), dtype=packed.dtype)
-        padded[self._padded_rows] = packed
+        if packed.shape[0] != self.total + 1:
+            raise ValueError(f"unpack needs the {self.total + 1} rows of packed_array, got {packed.shape[0]}")
+        padded = np.empty((self.padded_steps * self.batch, width), dtype=packed.dtype)
+        np.take(packed, self._packed_sources, axis=0, out=padded, mode="clip")
         return padded.reshape(self.padded_steps, self.batch, width)
 
     def to_rows(self, states: np.ndarray) -> np.ndarray:

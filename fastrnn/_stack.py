@@ -204,18 +204,23 @@ def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden
 
 def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last, schedule):
     rows = layer_input.shape[0]
-    shape = (rows, spec.directions * spec.output_size)
-    # The top layer's packed output is returned as it is, unless the schedule reorders the
-    # batch: then it is only read once more, to unpack it.
-    if keep or (last and schedule.order is None):
-        hidden = np.empty(shape, dtype=layer_input.dtype)
+    width = spec.directions * spec.output_size
+    if last:
+        # The top layer's packed output is returned as it is, unless the schedule reorders
+        # the batch: then it is only read once more, to unpack it, and a scratch array serves.
+        scratch = None
+        if schedule.zero_row and not keep:
+            scratch = _scratch_array(layer % 2, (rows + 1, width), layer_input.dtype)
+        hidden = schedule.packed_array(width, layer_input.dtype, scratch)
+    elif keep:
+        hidden = np.empty((rows, width), dtype=layer_input.dtype)
     else:
-        hidden = _scratch_array(layer % 2, shape, layer_input.dtype)
+        hidden = _scratch_array(layer % 2, (rows, width), layer_input.dtype)
     saved = {}
     if keep:
         saved = {
-            name: np.empty((rows, spec.directions * width), dtype=layer_input.dtype)
-            for name, width in kernels_of(spec).saved_widths(spec).items()
+            name: np.empty((rows, spec.directions * saved_width), dtype=layer_input.dtype)
+            for name, saved_width in kernels_of(spec).saved_widths(spec).items()
         }
     _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule)
     return hidden, saved
@@ -224,7 +229,10 @@ def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last,
 def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_finals, grad_initials, grads,
                    schedule):
     dtype = layer_input.dtype
-    grad_input = np.empty(layer_input.shape, dtype=dtype)
+    if layer == 0:  # the gradient of the stack's input, to be unpacked
+        grad_input = schedule.packed_array(layer_input.shape[1], dtype)
+    else:
+        grad_input = np.empty(layer_input.shape, dtype=dtype)
     call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule)
     kernels_of(spec).backward(
         call, as_bytes(grad_hidden), tuple(as_bytes(grad) for grad in grad_finals),
@@ -286,7 +294,7 @@ def _forward_chunked(spec, x, initial, params, schedule: Schedule):
     ``x`` is packed; a chunk of steps is a contiguous block of its rows, and a sequence
     that ends before a chunk passes its state through it unchanged.
     """
-    output = np.empty((x.shape[0], spec.output_size), dtype=x.dtype)
+    output = schedule.packed_array(spec.output_size, x.dtype)
     chunk = min(INFERENCE_CHUNK_STEPS, schedule.steps)
     scratch = [np.empty((chunk * schedule.batch, spec.output_size), dtype=x.dtype) for _ in range(spec.num_layers - 1)]
     state = tuple(value.copy() for value in initial)
