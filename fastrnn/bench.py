@@ -341,6 +341,8 @@ def adapter_overhead_seconds(cell: str, dtype, budget: float, settle: float = SE
     ``torch.no_grad()`` minus the median of the fastrnn layer's forward in eval mode, on the
     same weights and data, timed in alternating blocks in this process. Both run the same
     inference kernels, so the difference is the adapter's argument checks and conversions.
+    Grad mode is switched off once around all the blocks: entering ``torch.no_grad()``
+    (a few microseconds) is the caller's cost, the same with torch.nn's modules.
     """
     import torch
 
@@ -356,10 +358,10 @@ def adapter_overhead_seconds(cell: str, dtype, budget: float, settle: float = SE
         layer(x)
 
     def torch_module():
-        with torch.no_grad():
-            module(x_tensor)
+        module(x_tensor)
 
-    medians = interleaved_medians({"fastrnn": numpy_layer, "fastrnn.torch": torch_module}, budget, settle)
+    with torch.no_grad():
+        medians = interleaved_medians({"fastrnn": numpy_layer, "fastrnn.torch": torch_module}, budget, settle)
     return medians["fastrnn.torch"] - medians["fastrnn"]
 
 
@@ -367,8 +369,8 @@ def overhead_line(cell: str, overhead_seconds: float) -> str:
     """The sentence that reports :func:`adapter_overhead_seconds`."""
     name = LAYER_CLASSES[cell]
     return (f"fastrnn.torch overhead per call at {shape_label(OVERHEAD_SHAPE)}: {overhead_seconds * 1e6:.1f} µs "
-            f"(median of fastrnn.torch.{name} under torch.no_grad() minus median of fastrnn.{name} in eval mode, "
-            "same weights and data, timed in alternating blocks).")
+            f"(median of fastrnn.torch.{name} under torch.no_grad(), entered once, minus median of fastrnn.{name} "
+            "in eval mode, same weights and data, timed in alternating blocks).")
 
 
 def _milliseconds(value: float | None) -> str:

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E40
 
 import fastrnn  # noqa: E402
 import fastrnn.torch as ft  # noqa: E402
-from fastrnn import functional  # noqa: E402
+from fastrnn.torch import _function as torch_function  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, INPUT, HIDDEN = 5, 3, 4, 5
@@ -284,22 +284,22 @@ def test_training_after_swap_follows_torch(recurrent):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def spy_on_functional(monkeypatch, name: str) -> list[bool]:
-    """Record the ``requires_grad`` of every call to one fastrnn.functional forward."""
+def spy_on_forwards(monkeypatch) -> list[bool]:
+    """Record the ``requires_grad`` of every forward the modules hand to fastrnn's front end."""
     calls: list[bool] = []
-    real = getattr(functional, name)
+    real = torch_function.run_forward
 
     def spy(*args, **kwargs):
         calls.append(kwargs["requires_grad"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(functional, name, spy)
+    monkeypatch.setattr(torch_function, "run_forward", spy)
     return calls
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 def test_no_grad_modes_run_inference_and_keep_nothing(monkeypatch, context):
-    calls = spy_on_functional(monkeypatch, "lstm_forward")
+    calls = spy_on_forwards(monkeypatch)
     _, lstm = twins("LSTM", num_layers=2)
     x = torch.randn(STEPS, BATCH, INPUT, requires_grad=True)
     with context():
@@ -311,7 +311,7 @@ def test_no_grad_modes_run_inference_and_keep_nothing(monkeypatch, context):
 
 
 def test_nothing_requiring_grad_runs_inference(monkeypatch):
-    calls = spy_on_functional(monkeypatch, "gru_forward")
+    calls = spy_on_forwards(monkeypatch)
     _, gru = twins("GRU")
     gru.requires_grad_(False)
     output, h_n = gru(torch.randn(STEPS, BATCH, INPUT))
@@ -324,7 +324,7 @@ def test_nothing_requiring_grad_runs_inference(monkeypatch):
 
 
 def test_cells_follow_grad_mode(monkeypatch):
-    calls = spy_on_functional(monkeypatch, "rnn_forward")
+    calls = spy_on_forwards(monkeypatch)
     _, cell = twins("RNNCell")
     with torch.no_grad():
         assert cell(torch.randn(BATCH, INPUT)).grad_fn is None
@@ -451,7 +451,7 @@ def test_state_dicts_move_both_ways_and_modules_stay_torch_modules(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(back.parameters(), reference.parameters(), strict=True))
     assert all(isinstance(param, nn.Parameter) for param in fast.parameters())
 
-    calls = spy_on_functional(monkeypatch, "lstm_forward")
+    calls = spy_on_forwards(monkeypatch)
     fast.double()
     output, _ = fast(torch.randn(STEPS, BATCH, INPUT, dtype=F64))
     assert output.dtype == F64 and calls == [True]
@@ -712,3 +712,52 @@ def test_digits_example_runs_quickly():
     lines = result.stdout.splitlines()
     for backend in ("fastrnn.torch", "torch.nn"):
         assert any(line.startswith(backend) and "test accuracy" in line for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTMCell"])
+def test_parameter_views_follow_every_change_to_the_parameters(name):
+    # The modules check their parameters once and keep NumPy views of them: every way of
+    # changing a parameter must reach the kernels on the next call.
+    reference, fast = twins(name)
+    hidden = getattr(fast, "weight_hh_l0" if name == "GRU" else "weight_hh")
+    x = torch.randn((STEPS, BATCH, INPUT) if name == "GRU" else (BATCH, INPUT))
+
+    def outputs_agree():
+        with torch.no_grad():
+            expected, actual = as_tuple(reference(x)), as_tuple(fast(x))
+        for want, got in zip(expected, actual, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    outputs_agree()
+    with torch.no_grad():  # in place, as an optimiser's step
+        for module in (reference, fast):
+            for param in module.parameters():
+                param.mul_(0.5)
+    outputs_agree()
+    replacement = torch.randn_like(hidden)
+    for module in (reference, fast):  # a new Parameter object
+        setattr(module, "weight_hh_l0" if name == "GRU" else "weight_hh", nn.Parameter(replacement.clone()))
+    outputs_agree()
+    fresh = torch.randn_like(reference.weight_ih_l0 if name == "GRU" else reference.weight_ih)
+    for module in (reference, fast):  # new memory behind the same Parameter
+        (module.weight_ih_l0 if name == "GRU" else module.weight_ih).data = fresh.clone()
+    outputs_agree()
+    copied_reference, copied_fast = copy.deepcopy(reference), copy.deepcopy(fast)
+    with torch.no_grad():
+        for module in (copied_reference, copied_fast):
+            for param in module.parameters():
+                param.add_(1.0)
+    outputs_agree()  # the originals are untouched by their copies' changes
+    reference, fast = copied_reference, copied_fast
+    outputs_agree()
+
+
+def test_a_square_weight_given_transposed_data_is_read_transposed():
+    # Same memory and shape, other strides: the views must be made again.
+    reference, fast = twins("RNN")
+    x = torch.randn(STEPS, BATCH, INPUT)
+    with torch.no_grad():
+        fast(x)
+        for module in (reference, fast):
+            module.weight_hh_l0.data = module.weight_hh_l0.data.t()
+        torch.testing.assert_close(fast(x)[0], reference(x)[0], rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ only copies are the ones the kernels make when an array is not laid out as they 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,20 +15,60 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .. import functional
-
-# fastrnn's functional entry points by cell kind, looked up on every call (not bound at
-# import) so that a test can watch them with monkeypatch.
-_FUNCTIONAL_NAMES = {
-    "rnn_tanh": ("rnn_forward", "rnn_backward"),
-    "rnn_relu": ("rnn_forward", "rnn_backward"),
-    "lstm": ("lstm_forward", "lstm_backward"),
-    "gru": ("gru_forward", "gru_backward"),
-}
-_NONLINEARITIES = {"rnn_tanh": "tanh", "rnn_relu": "relu"}
+from .. import _stack
+from .._frontend import run_backward, run_forward
+from .._spec import StackSpec
+from .._validation import spec_from_params
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: an array field has no truth value to compare by
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no truth value to compare by
+class PreparedParameters:
+    """A module's parameters as checked NumPy views of their tensors, and the stack they describe.
+
+    ``key`` says which tensors they are (see ``_parameters_key``). The views share the
+    tensors' memory, so they see in-place updates (an optimiser's step) without being
+    made again.
+    """
+
+    key: list
+    spec: StackSpec
+    arrays: dict[str, np.ndarray]
+
+
+def _parameters_key(params: Sequence[torch.Tensor]) -> list:
+    # Which tensor objects, over which memory, with which shape and strides: a tensor
+    # replaced, moved, cast or given new ``.data`` changes one of them. The cached views
+    # keep the old memory alive, so its address cannot be taken by another tensor.
+    # (One flat list: this runs on every call.)
+    key = []
+    for param in params:
+        key += (id(param), param.data_ptr(), param.shape, param.stride())
+    return key
+
+
+# Per module, weakly: a module's copies (deepcopy, pickle) do not carry another's views.
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_parameters(owner: torch.nn.Module, params: Sequence[torch.Tensor]) -> PreparedParameters | None:
+    """The parameters ``prepared_parameters`` last made for ``owner``, if they are still ``params``."""
+    prepared = _prepared.get(owner)
+    return prepared if prepared is not None and prepared.key == _parameters_key(params) else None
+
+
+def prepared_parameters(owner: torch.nn.Module, cell: str, names: Sequence[str],
+                        params: Sequence[torch.Tensor]) -> PreparedParameters:
+    """``params`` (named ``names``, torch's names) checked once and reused while they match."""
+    prepared = cached_parameters(owner, params)
+    if prepared is not None:
+        return prepared
+    spec, arrays = spec_from_params({name: _as_array(param) for name, param in zip(names, params, strict=True)}, cell)
+    prepared = PreparedParameters(_parameters_key(params), spec, arrays)
+    _prepared[owner] = prepared
+    return prepared
+
+
+@dataclass(eq=False)  # not frozen: made on every call, and a frozen dataclass sets each field through object
 class StackCall:
     """Everything about one functional call except its tensors.
 
@@ -40,32 +81,44 @@ class StackCall:
     cell: str
     param_names: tuple[str, ...]
     state_count: int
+    prepared: PreparedParameters
     batch_first: bool = False
     dropout: float = 0.0
     training: bool = False
     seed: int | None = None
     lengths: np.ndarray | None = None
 
-    def forward(self, x: np.ndarray, hx, params: dict[str, np.ndarray], requires_grad: bool):
-        name = _FUNCTIONAL_NAMES[self.cell][0]
-        options = {"nonlinearity": _NONLINEARITIES[self.cell]} if self.cell in _NONLINEARITIES else {}
+    def forward(self, x: np.ndarray, hx, requires_grad: bool):
+        """``(output, finals, saved)`` from fastrnn's front end, ``finals`` one array per state.
+
+        The parameters were checked when they were prepared, and the module checked the
+        rest as torch does, so the call goes straight to the front end, which checks the
+        input and state shapes.
+        """
         generator = None if self.seed is None else np.random.default_rng(self.seed)
-        return getattr(functional, name)(
-            x, hx, params, batch_first=self.batch_first, dropout=self.dropout, training=self.training,
-            requires_grad=requires_grad, generator=generator, lengths=self.lengths, **options,
+        return run_forward(
+            _stack, self.prepared.spec, x, hx, self.prepared.arrays, dtype=x.dtype, batch_first=self.batch_first,
+            dropout=self.dropout, training=self.training, requires_grad=requires_grad, generator=generator,
+            lengths=self.lengths,
         )
 
     def backward(self, saved, grad_output: np.ndarray, grad_state):
-        return getattr(functional, _FUNCTIONAL_NAMES[self.cell][1])(saved, grad_output, grad_state)
+        """``(grad_x, grad_initials, param_grads)``, ``grad_initials`` one array per state."""
+        return run_backward(saved, grad_output, grad_state, None)
 
 
 def _as_array(tensor: torch.Tensor) -> np.ndarray:
     """A NumPy view of a CPU tensor's memory, strides included; the kernels copy only if they must.
 
     A tensor may carry a lazy negation (autograd hands gradients on as neg views), which
-    numpy() refuses; resolve_neg() materialises it, and is free when there is none.
+    numpy() refuses; resolve_neg() materialises it. Each step is taken only when needed:
+    this runs several times per call.
     """
-    return tensor.detach().resolve_neg().numpy()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    return tensor.numpy()
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -97,12 +150,10 @@ def _state_argument(arrays: Sequence[np.ndarray | None]):
     return arrays[0] if len(arrays) == 1 else tuple(arrays)
 
 
-def _run_arrays(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None],
-                params: Sequence[torch.Tensor], requires_grad: bool):
+def _run_arrays(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None], requires_grad: bool):
     hx = _state_argument([None if state is None else _as_array(state) for state in states])
-    arrays = {name: _as_array(param) for name, param in zip(call.param_names, params, strict=True)}
-    output, finals, saved = call.forward(_as_array(x), hx, arrays, requires_grad)
-    return _as_tensor(output), tuple(_as_tensor(final) for final in _states_tuple(finals)), saved
+    output, finals, saved = call.forward(_as_array(x), hx, requires_grad)
+    return _as_tensor(output), tuple(_as_tensor(final) for final in finals), saved
 
 
 class StackFunction(torch.autograd.Function):
@@ -114,8 +165,10 @@ class StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call: StackCall, x: torch.Tensor, *tensors: torch.Tensor | None):
-        states, params = tensors[: call.state_count], tensors[call.state_count:]
-        output, finals, saved = _run_arrays(call, x, states, params, requires_grad=True)
+        # The parameters follow the states so that autograd tracks them; the kernels read
+        # them through ``call.prepared``, views of the same memory.
+        states = tensors[: call.state_count]
+        output, finals, saved = _run_arrays(call, x, states, requires_grad=True)
         ctx.call = call
         ctx.fastrnn_saved = saved
         # The kernels' record reads the input, the states and the parameters through
@@ -161,5 +214,5 @@ def run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | 
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tracked):
         output, *finals = StackFunction.apply(call, x, *states, *params)
         return output, tuple(finals)
-    output, finals, _ = _run_arrays(call, x, states, params, requires_grad=False)
+    output, finals, _ = _run_arrays(call, x, states, requires_grad=False)
     return output, finals

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._function import StackCall, run_stack
+from ._function import PreparedParameters, StackCall, cached_parameters, prepared_parameters, run_stack
 from ._packing import PackedLayout
 
 __all__ = ["GRU", "LSTM", "RNN", "FallbackWarning", "GRUCell", "LSTMCell", "RNNCell", "swap"]
@@ -33,10 +33,12 @@ class FallbackWarning(UserWarning):
     """
 
 
+# torch.func transforms (grad, vmap, ...) wrap tensors in a way numpy() cannot read.
+_functorch_check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
 def _is_functorch_wrapped(tensor: Tensor) -> bool:
-    # torch.func transforms (grad, vmap, ...) wrap tensors in a way numpy() cannot read.
-    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(check(tensor)) if check is not None else False
+    return bool(_functorch_check(tensor)) if _functorch_check is not None else False
 
 
 def _tensors_in(value: Any) -> list[Tensor]:
@@ -49,13 +51,23 @@ def _tensors_in(value: Any) -> list[Tensor]:
 
 def _fallback_reason(tensors: list[Tensor]) -> str | None:
     """Why fastrnn's kernels cannot run on these tensors, or None when they can."""
+    autocast = torch.is_autocast_enabled("cpu")
+    if not autocast:
+        # The usual case, in one pass (this runs on every call); the checks below give
+        # the reasons, in order.
+        for tensor in tensors:
+            if not (type(tensor) in _PLAIN_TENSOR_TYPES and tensor.dtype in _FLOAT_DTYPES
+                    and tensor.device.type == "cpu" and not _is_functorch_wrapped(tensor)):
+                break
+        else:
+            return None
     for tensor in tensors:
         if tensor.device.type != "cpu":
             return f"a tensor is on {tensor.device}, and fastrnn runs on the CPU only"
     for tensor in tensors:
         if tensor.dtype not in _FLOAT_DTYPES:
             return f"a tensor has dtype {tensor.dtype}, and fastrnn runs float32 and float64 only"
-    if torch.is_autocast_enabled("cpu"):
+    if autocast:
         return "CPU autocast is enabled, and fastrnn does not cast"
     for tensor in tensors:
         if _is_functorch_wrapped(tensor):
@@ -120,19 +132,36 @@ class _FastrnnModule:
             self.__dict__["_fastrnn_fallback_warned"] = True
         return self._torch_forward(input, hx)
 
-    def _runs_on_torch(self, data: Any, hx: Any, params: list[Tensor]) -> tuple[bool, str | None]:
-        """``(use_torch, reason)``: whether torch's forward takes this call, and the
-        reason to warn about (None for calls torch takes only to raise its own error,
-        or that hold nothing to compute)."""
+    def _prepare(self, data: Any, hx: Any, cell: str, names: tuple[str, ...],
+                 params: list[Tensor]) -> tuple[PreparedParameters | None, str | None]:
+        """``(prepared, reason)``: the checked parameters when fastrnn runs this call; else
+        None, and the reason to warn about why torch's forward takes it (None for calls
+        torch takes only to raise its own error, or that hold nothing to compute).
+
+        The parameters are checked when they change, not on every call: a module's
+        parameters are the same tensors from call to call, updated in place.
+        """
         if not isinstance(data, Tensor):
-            return True, None
-        tensors = [data, *_tensors_in(hx), *params]
-        reason = _fallback_reason(tensors)
+            return None, None
+        per_call = [data] if hx is None else [data, *_tensors_in(hx)]
+        reason = _fallback_reason(per_call)
         if reason is not None:
-            return True, reason
+            return None, reason
+        prepared = cached_parameters(self, params)
+        if prepared is None:
+            reason = _fallback_reason(params)
+            if reason is not None:
+                return None, reason
+            if len({param.dtype for param in params}) > 1:
+                return None, None  # torch raises its own error
+            prepared = prepared_parameters(self, cell, names, params)
         # Mixed dtypes and empty inputs: torch raises its own error (or, for an empty
         # batch, returns empty results).
-        return len({tensor.dtype for tensor in tensors}) > 1 or data.numel() == 0, None
+        dtype = params[0].dtype
+        for tensor in per_call:
+            if tensor.dtype != dtype:
+                return None, None
+        return (prepared, None) if data.numel() else (None, None)
 
 
 class _Stack(_FastrnnModule):
@@ -164,9 +193,11 @@ class _Stack(_FastrnnModule):
     def _fastrnn_forward(self, input: Tensor | PackedSequence, hx: Any) -> Any:
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        params = [getattr(self, name) for name in self._flat_weights_names]
-        use_torch, reason = self._runs_on_torch(data, hx, params)
-        if use_torch:
+        names = tuple(self._flat_weights_names)
+        params = list(self._flat_weights)  # torch's forward reads them from here too
+        cell = self._cell_by_mode[self.mode]
+        prepared, reason = self._prepare(data, hx, cell, names, params)
+        if prepared is None:
             return self._torch_forward(input, hx) if reason is None else self._fall_back(reason, input, hx)
 
         lengths, layout, is_batched, batch_first = None, None, True, self.batch_first
@@ -191,9 +222,8 @@ class _Stack(_FastrnnModule):
 
         states = (None,) * self._state_count if hx is None else tuple(hx) if self._state_count > 1 else (hx,)
         call = StackCall(
-            cell=self._cell_by_mode[self.mode], param_names=tuple(self._flat_weights_names),
-            state_count=self._state_count, batch_first=batch_first, dropout=float(self.dropout),
-            training=self.training, seed=self._dropout_seed(), lengths=lengths,
+            cell=cell, param_names=names, state_count=self._state_count, prepared=prepared, batch_first=batch_first,
+            dropout=float(self.dropout), training=self.training, seed=self._dropout_seed(), lengths=lengths,
         )
         output, finals = run_stack(call, x, states, params)
         if packed:
@@ -288,9 +318,12 @@ class _Cell(_FastrnnModule):
     def _fastrnn_forward(self, input: Tensor, hx: Any) -> Any:
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
         params = [getattr(self, name) for name in names]
-        use_torch, reason = self._runs_on_torch(input, hx, params)
         cell = self._cell_kind()
-        if use_torch or cell is None:
+        if cell is None:
+            return self._torch_forward(input, hx)
+        # A cell is one step of a one-layer stack: its parameters go under layer 0's names.
+        prepared, reason = self._prepare(input, hx, cell, tuple(f"{name}_l0" for name in names), params)
+        if prepared is None:
             return self._fall_back(reason, input, hx) if reason is not None else self._torch_forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -306,7 +339,7 @@ class _Cell(_FastrnnModule):
             return self._torch_forward(input, hx)
 
         call = StackCall(cell=cell, param_names=tuple(f"{name}_l0" for name in names),
-                         state_count=self._state_count)
+                         state_count=self._state_count, prepared=prepared)
         # One step of a one-layer stack: x as (1, B, I), each state as (1, B, H).
         _, finals = run_stack(call, x.unsqueeze(0), [None if s is None else s.unsqueeze(0) for s in states], params)
         new_states = tuple(final[0] if is_batched else final[0, 0] for final in finals)
