@@ -21,7 +21,7 @@ import numpy as np
 from numba import carray, prange
 
 from .. import _parallel
-from .._config import jit, jit_helper, jit_inline, jit_parallel
+from .._config import jit, jit_helper, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import ARRAY, INDEX, INDICES, export
@@ -98,7 +98,7 @@ def _scale_by_activation_grad(grad, hidden, offset, ld, rows, cols, use_relu):
                 grad_row[c] = grad_row[c] * (one - h * h)
 
 
-@jit_inline
+@jit_helper
 def project_input(
     float_size, layer_input, feature_size, weight_ih, hidden, first_row, rows, hidden_size, width, offset
 ):
@@ -243,7 +243,7 @@ _backpropagate_compiled = export(
 )
 
 
-@jit_inline
+@jit_helper
 def recur(
     like, layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, batch_sizes,
     step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
@@ -258,7 +258,7 @@ def recur(
     )
 
 
-@jit_inline
+@jit_helper
 def backpropagate(
     like, packed_hh, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, batch, total, first_row,
     rows, hidden_size, width, offset, reverse, use_relu, grad_h0,
@@ -338,7 +338,7 @@ _parameter_gradients_compiled = export(
 )
 
 
-@jit_inline
+@jit_helper
 def parameter_gradients(
     like, layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total,
     hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih,
@@ -353,7 +353,7 @@ def parameter_gradients(
     )
 
 
-@jit_inline
+@jit_helper
 def input_gradient(
     float_size, grad_hidden, width, offset, weight_ih, hidden_size, feature_size, first_row, rows, beta, grad_input
 ):

@@ -9,7 +9,7 @@ of ``gate_width`` columns.
 import numpy as np
 from numba import carray
 
-from .._config import jit_helper, jit_inline
+from .._config import jit_helper
 from .blas import NO_TRANS, TRANS, gemm_at
 from .native import ARRAY, INDEX, export
 from .schedule import recurrent_blocks
@@ -44,7 +44,7 @@ def inference_gates(call, gates: int) -> np.ndarray:
     return np.empty(nbytes, dtype=np.uint8)
 
 
-@jit_inline
+@jit_helper
 def packed_size(array, float_size):
     """The number of floats in a packed weight held as bytes."""
     return array.size // float_size
@@ -74,7 +74,7 @@ _column_sums = export(
 )
 
 
-@jit_inline
+@jit_helper
 def column_sums(like, values, offset, rows, cols, ld, sums, sums_offset):
     """sums[sums_offset : sums_offset + cols] += column sums of a block of ``values`` (bytes
     of floats of ``like``'s dtype)."""
@@ -86,7 +86,7 @@ def column_sums(like, values, offset, rows, cols, ld, sums, sums_offset):
         )
 
 
-@jit_inline
+@jit_helper
 def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, n, c, c_offset, ldc):
     """c[m, n] += a[rows, m]^T @ b[rows, n] on byte arrays: a weight gradient summed over rows."""
     if rows > 0:
@@ -96,7 +96,7 @@ def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, 
         )
 
 
-@jit_helper  # not inlined: numba's inliner mislabels the scope of its branch-local offsets
+@jit_helper
 def recurrent_weight_gradient(
     float_size, dz, dz_offset, dz_ld, hidden, h0, batch_sizes, step_starts, steps, output_size, width, direction,
     first_unit, units, grad_weight_hh,
@@ -120,7 +120,7 @@ def recurrent_weight_gradient(
                            units, output_size, grad_weight_hh, first_unit * output_size, output_size)
 
 
-@jit_inline
+@jit_helper
 def input_gradient(float_size, dz, dz_offset, dz_ld, weight_ih, gate_width, features, first_row, rows, beta,
                    grad_input):
     """grad_input[r] (+)= dz[r, block] @ W_ih for rows ``first_row:first_row+rows``."""

@@ -22,7 +22,7 @@ from numba import carray, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, register_jitable
 
-from .._config import jit_helper, jit_inline
+from .._config import jit_helper
 from .native import ARRAY, INDEX, export
 
 
@@ -315,7 +315,7 @@ _product_compiled = export(
 )
 
 
-@jit_inline
+@jit_helper
 def pack_bytes(like, weight, inner, cols, transposed_source):
     """B (inner x cols) in panels, as bytes of floats of ``like``'s dtype; B is ``weight``
     (inner, cols), or its transpose if ``transposed_source``, when ``weight`` is
@@ -328,7 +328,7 @@ def pack_bytes(like, weight, inner, cols, transposed_source):
     return packed
 
 
-@jit_inline
+@jit_helper
 def packed_product(src, src_offset, src_ld, packed, dst, dst_offset, dst_ld, rows, inner, cols, scratch):
     """dst[rows, :cols] += src[rows, :inner] @ B, with B from ``pack_bytes`` (viewed as floats).
 

@@ -16,16 +16,16 @@ and the rest start from the initial state.
 
 import numpy as np
 
-from .._config import jit_helper, jit_inline
+from .._config import jit_helper
 
 
-@jit_inline
+@jit_helper
 def active_rows(batch_sizes, t, first_row, rows):
     """How many of rows ``first_row : first_row + rows`` take step ``t``."""
     return min(max(batch_sizes[t] - first_row, 0), rows)
 
 
-@jit_inline
+@jit_helper
 def last_step(lengths, row, reverse):
     """The step after which ``row`` holds its final state; -1 for an empty sequence."""
     length = lengths[row]
@@ -49,7 +49,7 @@ def row_piece(lengths, batch, pieces, index):
     return first, last - first
 
 
-@jit_helper  # not inlined: numba's inliner mislabels the scope of its loop-carried count
+@jit_helper
 def _steps_boundary(lengths, batch, total, pieces, index):
     """The first row whose preceding rows hold at least ``index / pieces`` of all real steps."""
     if index == 0:
@@ -62,7 +62,7 @@ def _steps_boundary(lengths, batch, total, pieces, index):
     return batch
 
 
-@jit_inline
+@jit_helper
 def _add_block(blocks, count, dz_row, from_initial, source_row, rows):
     """Append one block unless it is empty; returns the new count."""
     if rows <= 0:
@@ -112,7 +112,7 @@ def recurrent_blocks(batch_sizes, step_starts, steps, reverse):
     return blocks, count
 
 
-@jit_inline
+@jit_helper
 def forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows, previous_rows):
     """The ``s``-th step a piece runs forward: ``(t, active, carried, row)``.
 
@@ -125,7 +125,7 @@ def forward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows, p
     return t, active, min(active, previous_rows), step_starts[t] + first_row
 
 
-@jit_inline
+@jit_helper
 def backward_step(batch_sizes, step_starts, steps, s, reverse, first_row, rows):
     """The ``s``-th step a piece backpropagates: ``(t, active, carried, row, earlier_row)``.
 
