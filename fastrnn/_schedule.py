@@ -87,16 +87,20 @@ class Schedule:
         rows = np.ascontiguousarray(padded).reshape(-1, width)
         return np.take(rows, self._padded_rows, axis=0, out=out, mode="clip")
 
+    def packed_shape(self, width: int) -> tuple[int, int]:
+        """The shape of ``packed_array``: the packed rows, and the zero row with ``zero_row``."""
+        return (self.total + 1 if self.zero_row else self.total), width
+
     def packed_array(self, width: int, dtype, out: np.ndarray | None = None) -> np.ndarray:
-        """An uninitialised (packed rows, width) array for a result that ``unpack`` will read.
+        """An uninitialised ``packed_shape`` array for a result that ``unpack`` will read.
 
         With ``zero_row`` it has one more row, of zeros, past the packed rows: the kernels
         only touch the packed rows, and every padded step of the result reads the zero row.
         ``out``, if given, is used when it has that shape.
         """
-        rows = self.total + 1 if self.zero_row else self.total
-        if out is None or out.shape != (rows, width):
-            out = np.empty((rows, width), dtype=dtype)
+        shape = self.packed_shape(width)
+        if out is None or out.shape != shape:
+            out = np.empty(shape, dtype=dtype)
         if self.zero_row:
             out[self.total] = 0
         return out

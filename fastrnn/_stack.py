@@ -210,7 +210,7 @@ def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last,
         # the batch: then it is only read once more, to unpack it, and a scratch array serves.
         scratch = None
         if schedule.zero_row and not keep:
-            scratch = _scratch_array(layer % 2, (rows + 1, width), layer_input.dtype)
+            scratch = _scratch_array(layer % 2, schedule.packed_shape(width), layer_input.dtype)
         hidden = schedule.packed_array(width, layer_input.dtype, scratch)
     elif keep:
         hidden = np.empty((rows, width), dtype=layer_input.dtype)

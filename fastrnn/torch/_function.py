@@ -1,4 +1,4 @@
-"""The bridge between torch tensors and fastrnn's functional kernels, autograd included.
+"""The bridge between torch tensors and fastrnn's kernels, autograd included.
 
 Tensors go to the kernels as NumPy views of their memory (``tensor.detach().numpy()``) and
 results come back as tensors over the kernels' own arrays (``torch.from_numpy``), so the
@@ -51,17 +51,15 @@ _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cached_parameters(owner: torch.nn.Module, params: Sequence[torch.Tensor]) -> PreparedParameters | None:
-    """The parameters ``prepared_parameters`` last made for ``owner``, if they are still ``params``."""
+    """The parameters ``prepare_parameters`` last made for ``owner``, if they are still ``params``."""
     prepared = _prepared.get(owner)
     return prepared if prepared is not None and prepared.key == _parameters_key(params) else None
 
 
-def prepared_parameters(owner: torch.nn.Module, cell: str, names: Sequence[str],
-                        params: Sequence[torch.Tensor]) -> PreparedParameters:
-    """``params`` (named ``names``, torch's names) checked once and reused while they match."""
-    prepared = cached_parameters(owner, params)
-    if prepared is not None:
-        return prepared
+def prepare_parameters(owner: torch.nn.Module, cell: str, names: Sequence[str],
+                       params: Sequence[torch.Tensor]) -> PreparedParameters:
+    """Check ``params`` (named ``names``, torch's names) and keep them as ``owner``'s, for
+    ``cached_parameters`` to return while they match."""
     spec, arrays = spec_from_params({name: _as_array(param) for name, param in zip(names, params, strict=True)}, cell)
     prepared = PreparedParameters(_parameters_key(params), spec, arrays)
     _prepared[owner] = prepared
@@ -70,15 +68,15 @@ def prepared_parameters(owner: torch.nn.Module, cell: str, names: Sequence[str],
 
 @dataclass(eq=False)  # not frozen: made on every call, and a frozen dataclass sets each field through object
 class StackCall:
-    """Everything about one functional call except its tensors.
+    """Everything about one call of fastrnn's front end except its tensors.
 
-    ``cell`` is ``rnn_tanh``, ``rnn_relu``, ``lstm`` or ``gru``; ``param_names`` are the
-    torch names of the parameters passed, in order; ``state_count`` is 2 for LSTM's
-    (h, c), else 1. ``seed`` seeds the dropout masks (None when dropout is off) and
-    ``lengths`` (int64, one per sequence, or None) runs a padded batch as packed sequences.
+    ``param_names`` are the torch names of the parameters passed, in order, and
+    ``prepared`` their checked views with the stack (and so the cell) they describe;
+    ``state_count`` is 2 for LSTM's (h, c), else 1. ``seed`` seeds the dropout masks (None
+    when dropout is off) and ``lengths`` (int64, one per sequence, or None) runs a padded
+    batch as packed sequences.
     """
 
-    cell: str
     param_names: tuple[str, ...]
     state_count: int
     prepared: PreparedParameters
@@ -144,7 +142,7 @@ def _states_tuple(value) -> tuple:
 
 
 def _state_argument(arrays: Sequence[np.ndarray | None]):
-    """The functional API's state argument: one array, a pair for LSTM, or None for zeros."""
+    """The front end's state argument: one array, a pair for LSTM, or None for zeros."""
     if all(array is None for array in arrays):
         return None
     return arrays[0] if len(arrays) == 1 else tuple(arrays)

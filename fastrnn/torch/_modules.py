@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._function import PreparedParameters, StackCall, cached_parameters, prepared_parameters, run_stack
+from ._function import PreparedParameters, StackCall, cached_parameters, prepare_parameters, run_stack
 from ._packing import PackedLayout
 
 __all__ = ["GRU", "LSTM", "RNN", "FallbackWarning", "GRUCell", "LSTMCell", "RNNCell", "swap"]
@@ -154,7 +154,7 @@ class _FastrnnModule:
                 return None, reason
             if len({param.dtype for param in params}) > 1:
                 return None, None  # torch raises its own error
-            prepared = prepared_parameters(self, cell, names, params)
+            prepared = prepare_parameters(self, cell, names, params)
         # Mixed dtypes and empty inputs: torch raises its own error (or, for an empty
         # batch, returns empty results).
         dtype = params[0].dtype
@@ -222,7 +222,7 @@ class _Stack(_FastrnnModule):
 
         states = (None,) * self._state_count if hx is None else tuple(hx) if self._state_count > 1 else (hx,)
         call = StackCall(
-            cell=cell, param_names=names, state_count=self._state_count, prepared=prepared, batch_first=batch_first,
+            param_names=names, state_count=self._state_count, prepared=prepared, batch_first=batch_first,
             dropout=float(self.dropout), training=self.training, seed=self._dropout_seed(), lengths=lengths,
         )
         output, finals = run_stack(call, x, states, params)
@@ -322,7 +322,8 @@ class _Cell(_FastrnnModule):
         if cell is None:
             return self._torch_forward(input, hx)
         # A cell is one step of a one-layer stack: its parameters go under layer 0's names.
-        prepared, reason = self._prepare(input, hx, cell, tuple(f"{name}_l0" for name in names), params)
+        layer_names = tuple(f"{name}_l0" for name in names)
+        prepared, reason = self._prepare(input, hx, cell, layer_names, params)
         if prepared is None:
             return self._fall_back(reason, input, hx) if reason is not None else self._torch_forward(input, hx)
         if input.dim() not in (1, 2):
@@ -338,8 +339,7 @@ class _Cell(_FastrnnModule):
             # torch's forward raises its own error for these shapes
             return self._torch_forward(input, hx)
 
-        call = StackCall(cell=cell, param_names=tuple(f"{name}_l0" for name in names),
-                         state_count=self._state_count, prepared=prepared)
+        call = StackCall(param_names=layer_names, state_count=self._state_count, prepared=prepared)
         # One step of a one-layer stack: x as (1, B, I), each state as (1, B, H).
         _, finals = run_stack(call, x.unsqueeze(0), [None if s is None else s.unsqueeze(0) for s in states], params)
         new_states = tuple(final[0] if is_batched else final[0, 0] for final in finals)
