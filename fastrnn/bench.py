@@ -677,17 +677,25 @@ def main(args) -> int:
           f"{_lengths_title(args.lengths)}, forward and forward+backward\n")
     table = format_table(results, shown, gemm)
     print(table)
+    return _write_outputs(
+        args, api, dtype, gemm, results, {}, f"python -m fastrnn bench --peers {','.join(peers)}",
+        table + f"\n\n{_machine_line()}", plot,
+    )
+
+
+def _write_outputs(args, api: str, dtype, gemm: float, results: list, extra: dict, command: str, readme_block: str,
+                   plot_function) -> int:
+    """What ``--json``, ``--readme`` and ``--plot`` ask for, once the tables are printed; the exit status."""
     if args.json:
         _write_json(args.json, {"api": api, "cell": args.cell, "dtype": np.dtype(dtype).name,
-                                "lengths": args.lengths, "gemm_gflops": gemm,
+                                "lengths": args.lengths, "gemm_gflops": gemm, **extra,
                                 "results": [asdict(r) for r in results]})
     if args.readme:
-        command = f"python -m fastrnn bench --peers {','.join(peers)}" + _command_options(args)
-        update_readme(args.readme, command, table + f"\n\n{_machine_line()}", args.cell, args.lengths)
+        update_readme(args.readme, command + _command_options(args), readme_block, args.cell, args.lengths, api)
         print(f"updated {args.readme}")
     if args.plot:
         try:
-            plot(results, args.plot, args.cell)
+            plot_function(results, args.plot, args.cell)
         except ImportError:
             print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
             return 1
@@ -705,21 +713,7 @@ def _main_torch_api(args, dtype, shapes: list[tuple]) -> int:
     table = format_torch_api_table(results, gemm)
     print(table)
     print(f"\n{overhead_line(args.cell, overhead)}")
-    if args.json:
-        _write_json(args.json, {"api": "torch", "cell": args.cell, "dtype": np.dtype(dtype).name,
-                                "lengths": args.lengths, "gemm_gflops": gemm,
-                                "adapter_overhead_us": overhead * 1e6, "overhead_shape": list(OVERHEAD_SHAPE),
-                                "results": [asdict(r) for r in results]})
-    if args.readme:
-        command = "python -m fastrnn bench --api torch" + _command_options(args)
-        block = f"{table}\n\n{overhead_line(args.cell, overhead)}\n\n{_machine_line(with_torch=True)}"
-        update_readme(args.readme, command, block, args.cell, args.lengths, "torch")
-        print(f"updated {args.readme}")
-    if args.plot:
-        try:
-            plot_torch_api(results, args.plot, args.cell)
-        except ImportError:
-            print("--plot needs matplotlib: pip install 'fastrnn[plot]'", file=sys.stderr)
-            return 1
-        print(f"wrote {args.plot}")
-    return 0
+    extra = {"adapter_overhead_us": overhead * 1e6, "overhead_shape": list(OVERHEAD_SHAPE)}
+    block = f"{table}\n\n{overhead_line(args.cell, overhead)}\n\n{_machine_line(with_torch=True)}"
+    return _write_outputs(args, "torch", dtype, gemm, results, extra, "python -m fastrnn bench --api torch", block,
+                          plot_torch_api)

@@ -147,13 +147,17 @@ def test_unknown_peer_is_an_error():
         _cli.main(["bench", "--peers", "numpy,tensorflow"])
 
 
-def test_unknown_lengths_mode_is_an_argparse_error(capsys):
+@pytest.mark.parametrize(("option", "value", "choices"), [
+    ("--lengths", "sorted", ("full", "uniform")),
+    ("--api", "jax", ("numpy", "torch")),
+], ids=["lengths", "api"])
+def test_unknown_choice_is_an_argparse_error(capsys, option, value, choices):
     with pytest.raises(SystemExit) as exit_info:
-        _cli.main(["bench", "--lengths", "sorted"])
+        _cli.main(["bench", option, value])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "argument --lengths: invalid choice: 'sorted'" in error
-    assert "full" in error and "uniform" in error
+    assert f"argument {option}: invalid choice: '{value}'" in error
+    assert all(choice in error for choice in choices)
 
 
 def test_import_fastrnn_loads_no_peer():
@@ -249,15 +253,6 @@ def test_api_torch_with_uniform_lengths_runs_packed_sequences():
     header = [column.strip() for column in table.splitlines()[0].split("|")[1:-1]]
     assert header[:2] == ["shape (T,B,I,H,L,dir)", "steps run"]
     assert "pack_padded_sequence(x, lengths, enforce_sorted=False)" in table
-
-
-def test_unknown_api_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _cli.main(["bench", "--api", "jax"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert "argument --api: invalid choice: 'jax'" in error
-    assert "numpy" in error and "torch" in error
 
 
 def test_peers_with_api_torch_are_refused_before_timing(capsys):
