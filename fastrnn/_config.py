@@ -42,7 +42,7 @@ def jit_helper(function):
     in speed.
     """
     options = {key: value for key, value in JIT_OPTIONS.items() if key in ("fastmath", "error_model")}
-    return register_jitable(**options)(function)
+    return register_jitable(no_cpython_wrapper=True, no_cfunc_wrapper=True, **options)(function)
 
 
 def jit_parallel(function):

@@ -19,7 +19,7 @@ from types import ModuleType
 import numpy as np
 
 from . import _stacking
-from ._kernels.native import ensure_compiled
+from ._kernels.native import BACKWARD, FORWARD, ensure_compiled
 from ._parallel import get_num_threads
 from ._schedule import Schedule
 from ._spec import StackSpec
@@ -182,10 +182,11 @@ def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
 _LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
-def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule) -> LayerCall:
+def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule, stage: str
+                ) -> LayerCall:
     total, features = layer_input.shape
     kernels_of(spec)
-    ensure_compiled(layer_input.dtype)
+    ensure_compiled(layer_input.dtype, stage)
     return LayerCall(
         spec=spec, like=_LIKE[layer_input.dtype], steps=schedule.steps, batch=schedule.batch, total=total,
         batch_sizes=schedule.batch_sizes, step_starts=schedule.step_starts, lengths=schedule.lengths,
@@ -198,7 +199,7 @@ def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedu
 
 
 def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule) -> None:
-    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule)
+    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule, FORWARD)
     kernels_of(spec).forward(call, tuple(as_bytes(final) for final in finals))
 
 
@@ -233,7 +234,8 @@ def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_f
         grad_input = schedule.packed_array(layer_input.shape[1], dtype)
     else:
         grad_input = np.empty(layer_input.shape, dtype=dtype)
-    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule)
+    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule,
+                       BACKWARD)
     kernels_of(spec).backward(
         call, as_bytes(grad_hidden), tuple(as_bytes(grad) for grad in grad_finals),
         tuple(as_bytes(grad) for grad in grad_initials), gradient_pairs(spec, grads, layer, dtype),

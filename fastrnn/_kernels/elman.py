@@ -24,7 +24,7 @@ from .. import _parallel
 from .._config import jit, jit_helper, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
-from .native import ARRAY, INDEX, INDICES, export
+from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, recurrent_blocks, row_piece, seed_final_gradients, take_final_states
 
@@ -236,7 +236,8 @@ _recur_compiled = export(
     h_n=ARRAY,
 )
 _backpropagate_compiled = export(
-    "backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, hidden=ARRAY,
+    "backpropagate", _backpropagate_native, stages=(BACKWARD,),
+    packed_hh=ARRAY, packed_hh_size=INDEX, hidden=ARRAY,
     grad_hidden=ARRAY, grad_h_n=ARRAY, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX,
     batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX,
     reverse=INDEX, use_relu=INDEX, grad_h0=ARRAY,
@@ -330,7 +331,8 @@ def _parameter_gradients_native(
 
 
 _parameter_gradients_compiled = export(
-    "parameter_gradients", _parameter_gradients_native, layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
+    "parameter_gradients", _parameter_gradients_native, stages=(BACKWARD,),
+    layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
     hidden=ARRAY, grad_hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, steps=INDEX, batch=INDEX,
     total=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, first_unit=INDEX, units=INDEX,
     grad_weight_ih=ARRAY, grad_weight_hh=ARRAY, grad_bias_ih=ARRAY, grad_bias_hh=ARRAY, has_bias=INDEX,

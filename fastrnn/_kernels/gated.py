@@ -11,7 +11,7 @@ from numba import carray
 
 from .._config import jit_helper
 from .blas import NO_TRANS, TRANS, gemm_at
-from .native import ARRAY, INDEX, export
+from .native import ARRAY, BACKWARD, INDEX, export
 from .schedule import recurrent_blocks
 
 # The saved buffers of an inference call: one empty array, so that training and inference
@@ -70,7 +70,7 @@ def _column_sums_native(values, rows, cols, ld, sums):
 
 
 _column_sums = export(
-    "column_sums", _column_sums_native, values=ARRAY, rows=INDEX, cols=INDEX, ld=INDEX, sums=ARRAY
+    "column_sums", _column_sums_native, stages=(BACKWARD,), values=ARRAY, rows=INDEX, cols=INDEX, ld=INDEX, sums=ARRAY
 )
 
 

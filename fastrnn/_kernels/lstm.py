@@ -36,7 +36,7 @@ from .gated import (
     saved_bytes,
     zero_rows,
 )
-from .native import ARRAY, INDEX, INDICES, export
+from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
@@ -284,7 +284,8 @@ _recur_compiled = export(
     directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
 )
 _backpropagate_compiled = export(
-    "lstm_backpropagate", _backpropagate_native, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
+    "lstm_backpropagate", _backpropagate_native, stages=(BACKWARD,),
+    packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, c0=ARRAY, gates=ARRAY, cells=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, grad_c_n=ARRAY,
     batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX,
     first_row=INDEX, rows=INDEX, hidden_size=INDEX, output_size=INDEX, projected=INDEX, directions=INDEX,

@@ -29,6 +29,13 @@ ARRAY = "array"
 INDEX = "index"
 INDICES = "indices"
 
+# What a layer call runs: a forward pass, or a backward pass (which also packs weights and
+# takes per-step products). An export is compiled for the stages that call it, so the
+# first inference call never compiles a backward kernel.
+FORWARD = "forward"
+BACKWARD = "backward"
+STAGES = (FORWARD, BACKWARD)
+
 
 def _argument_type(kind: str, scalar):
     if kind == ARRAY:
@@ -45,21 +52,23 @@ class _Export:
     name: str
     function: Callable
     argument_types: Callable
+    stages: tuple[str, ...]
     compiled: dict = field(default_factory=dict)  # dtype name -> cfunc, once compiled
 
 
 _exports: list[_Export] = []  # in declaration order: an export's callees are declared before it
-_ready: set[np.dtype] = set()  # dtypes whose declared exports are all compiled; a new declaration clears it
+# (dtype, stage) pairs whose declared exports are all compiled; a new declaration clears it
+_ready: set[tuple[np.dtype, str | None]] = set()
 _compile_lock = threading.RLock()
 
 
-def export(name: str, function: Callable, **arguments: str) -> Callable:
+def export(name: str, function: Callable, *, stages: tuple[str, ...] = STAGES, **arguments: str) -> Callable:
     """Declare ``function`` as the C function ``fastrnn_<name>_<dtype>`` of each float dtype.
 
     The C signature is given once, by name: ``arguments`` maps each of ``function``'s
     parameters, in order, to ``ARRAY`` or ``INDEX``; a mismatch with the function's own
-    parameters raises here, where it is declared. Nothing is compiled until
-    ``ensure_compiled`` asks for a dtype. Returns what kernels call instead:
+    parameters raises here, where it is declared. ``stages`` says which layer passes call
+    it. Nothing is compiled until ``ensure_compiled`` asks for a dtype and a stage. Returns what kernels call instead:
     ``call(like, *arguments)``, ``like`` any array of the dtype wanted (its dtype picks
     the build at compile time) and arrays given as addresses (``array.ctypes.data``).
     """
@@ -69,11 +78,14 @@ def export(name: str, function: Callable, **arguments: str) -> Callable:
         raise TypeError(f"export {name!r}: declared arguments {declared} do not match {function.__name__}"
                         f"'s parameters {parameters}")
     kinds = tuple(arguments.values())
+    unknown = set(stages) - set(STAGES)
+    if not stages or unknown:
+        raise ValueError(f"export {name!r}: stages are some of {STAGES}, got {stages}")
 
     def argument_types(scalar):
         return tuple(_argument_type(kind, scalar) for kind in kinds)
 
-    _exports.append(_Export(name, function, argument_types))
+    _exports.append(_Export(name, function, argument_types, tuple(stages)))
     _ready.clear()
     externals = {}
     for dtype_name in FLOAT_TYPES:
@@ -101,25 +113,29 @@ def _symbol(name: str, dtype_name: str) -> str:
     return f"fastrnn_{name}_{dtype_name}"
 
 
-def ensure_compiled(dtype) -> None:
-    """Compile (or load from numba's cache) every declared C function for ``dtype``.
+def ensure_compiled(dtype, stage: str | None = None) -> None:
+    """Compile (or load from numba's cache) the declared C functions of ``stage`` for ``dtype``.
 
     Kernels that call them link to their symbols when they are compiled or loaded, so this
     runs before any of them for that dtype. A process that only ever uses float32 never
-    compiles the float64 builds, and a cell whose kernel module is never imported
-    declares nothing.
+    compiles the float64 builds, one that only runs inference never compiles the backward
+    ones, and a cell whose kernel module is never imported declares nothing. ``stage``
+    None compiles every stage.
     """
-    # Called on every layer call: a set lookup by dtype (``dtype.name`` alone takes microseconds).
-    if dtype in _ready:
+    # Called on every layer call: a set lookup (``dtype.name`` alone takes microseconds).
+    ready_key = (dtype, stage)
+    if ready_key in _ready:
         return
     dtype = np.dtype(dtype)
     dtype_name = dtype.name
     with _compile_lock:
         scalar = FLOAT_TYPES[dtype_name]
         for item in _exports:
+            if stage is not None and stage not in item.stages:
+                continue
             if dtype_name not in item.compiled:
                 signature = types.void(*item.argument_types(scalar))
                 compiled = cfunc(signature, cache=True, error_model="numpy")(item.function)
                 llvm_binding.add_symbol(_symbol(item.name, dtype_name), compiled.address)
                 item.compiled[dtype_name] = compiled
-        _ready.add(dtype)
+        _ready.add(ready_key)
