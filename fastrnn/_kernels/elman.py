@@ -114,10 +114,10 @@ def project_input(
     )
 
 
-@jit_helper
 def _recur(
-    layer_input, feature_size, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, batch_sizes,
-    step_starts, lengths, steps, first_row, rows, hidden_size, width, offset, reverse, use_relu, h_n,
+    layer_input, feature_size, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh,
+    packed_hh_size, h0, hidden, batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows,
+    hidden_size, width, offset, reverse, use_relu, h_n,
 ):
     """h_t = act(z_t + b), z_t = x_t @ W_ih^T + h_{t-1} @ W_hh^T, for batch rows ``first_row:first_row+rows``.
 
@@ -129,6 +129,20 @@ def _recur(
     ``hidden`` already holds the projections and ``packed_ih`` is not read.
     ``packed_ih`` and ``packed_hh`` are W_ih^T and W_hh^T from ``pack_bytes``.
     """
+    layer_input = carray(layer_input, total * feature_size)
+    packed_ih = carray(packed_ih, packed_ih_size)
+    bias_ih = carray(bias_ih, hidden_size)
+    bias_hh = carray(bias_hh, hidden_size)
+    project_steps = project_steps != 0
+    packed_hh = carray(packed_hh, packed_hh_size)
+    h0 = carray(h0, batch * hidden_size)
+    hidden = carray(hidden, total * width)
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    reverse = reverse != 0
+    use_relu = use_relu != 0
+    h_n = carray(h_n, batch * hidden_size)
     bias = bias_ih + bias_hh
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
     previous_at = 0
@@ -164,10 +178,9 @@ def _recur(
     take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, width, offset, h0, h_n, hidden_size)
 
 
-@jit_helper
 def _backpropagate(
-    packed_hh, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, first_row, rows,
-    hidden_size, width, offset, reverse, use_relu, grad_h0,
+    packed_hh, packed_hh_size, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, batch,
+    total, first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0,
 ):
     """Turn dLoss/dh_t into dLoss/dz_t in place, for batch rows ``first_row:first_row+rows``.
 
@@ -176,6 +189,17 @@ def _backpropagate(
     which comes from the step that read h_0 (h_n itself for an empty sequence).
     dLoss/dh_{t-1} += dz_t @ W_hh takes W_hh as stored, untransposed, packed by ``pack_bytes``.
     """
+    size = total * width
+    packed_hh = carray(packed_hh, packed_hh_size)
+    hidden = carray(hidden, size)
+    grad_hidden = carray(grad_hidden, size)
+    grad_h_n = carray(grad_h_n, batch * hidden_size)
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    reverse = reverse != 0
+    use_relu = use_relu != 0
+    grad_h0 = carray(grad_h0, batch * hidden_size)
     scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
     seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, width, offset, grad_h0,
                          hidden_size)
@@ -201,42 +225,15 @@ def _backpropagate(
 
 # The recurrences through time hold the step products and the activations: the code
 # that the serial and threaded layer kernels would otherwise each compile again.
-def _recur_native(
-    layer_input, feature_size, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
-    h0, hidden, batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, width, offset,
-    reverse, use_relu, h_n,
-):
-    _recur(
-        carray(layer_input, total * feature_size), feature_size, carray(packed_ih, packed_ih_size),
-        carray(bias_ih, hidden_size), carray(bias_hh, hidden_size), project_steps != 0,
-        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, total * width),
-        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps, first_row, rows,
-        hidden_size, width, offset, reverse != 0, use_relu != 0, carray(h_n, batch * hidden_size),
-    )
-
-
-def _backpropagate_native(
-    packed_hh, packed_hh_size, hidden, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps, batch, total,
-    first_row, rows, hidden_size, width, offset, reverse, use_relu, grad_h0,
-):
-    size = total * width
-    _backpropagate(
-        carray(packed_hh, packed_hh_size), carray(hidden, size), carray(grad_hidden, size),
-        carray(grad_h_n, batch * hidden_size), carray(batch_sizes, steps), carray(step_starts, steps),
-        carray(lengths, batch), steps, first_row, rows, hidden_size, width, offset, reverse != 0, use_relu != 0,
-        carray(grad_h0, batch * hidden_size),
-    )
-
-
 _recur_compiled = export(
-    "recur", _recur_native, layer_input=ARRAY, feature_size=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    "recur", _recur, layer_input=ARRAY, feature_size=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
     hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX,
     first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, use_relu=INDEX,
     h_n=ARRAY,
 )
 _backpropagate_compiled = export(
-    "backpropagate", _backpropagate_native, stages=(BACKWARD,),
+    "backpropagate", _backpropagate, stages=(BACKWARD,),
     packed_hh=ARRAY, packed_hh_size=INDEX, hidden=ARRAY,
     grad_hidden=ARRAY, grad_h_n=ARRAY, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX,
     batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX,
@@ -273,10 +270,9 @@ def backpropagate(
     )
 
 
-@jit_helper
 def _parameter_gradients(
-    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, total, hidden_size, width,
-    offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total, hidden_size,
+    width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
     blas_single_threaded,
 ):
     """Accumulate (+=) the gradients of hidden units ``first_unit:first_unit+units``.
@@ -286,6 +282,21 @@ def _parameter_gradients(
     of ``schedule.recurrent_blocks``): dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the
     state step t consumed, and dW_ih = sum_t dz_t^T x_t.
     """
+    size = total * width
+    bias_size = hidden_size if has_bias else 0
+    layer_input = carray(layer_input, total * feature_size)
+    h0 = carray(h0, batch * hidden_size)
+    hidden = carray(hidden, size)
+    grad_hidden = carray(grad_hidden, size)
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    reverse = reverse != 0
+    grad_weight_ih = carray(grad_weight_ih, hidden_size * feature_size)
+    grad_weight_hh = carray(grad_weight_hh, hidden_size * hidden_size)
+    grad_bias_ih = carray(grad_bias_ih, bias_size)
+    grad_bias_hh = carray(grad_bias_hh, bias_size)
+    has_bias = has_bias != 0
+    blas_single_threaded = blas_single_threaded != 0
     dz = offset + first_unit
     blocks, count = recurrent_blocks(batch_sizes, step_starts, steps, reverse)
     for k in range(count):
@@ -314,24 +325,8 @@ def _parameter_gradients(
             grad_bias_hh[first_unit + c] += bias_grad[c]
 
 
-def _parameter_gradients_native(
-    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total, hidden_size,
-    width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
-    blas_single_threaded,
-):
-    size = total * width
-    bias_size = hidden_size if has_bias else 0
-    _parameter_gradients(
-        carray(layer_input, total * feature_size), feature_size, carray(h0, batch * hidden_size),
-        carray(hidden, size), carray(grad_hidden, size), carray(batch_sizes, steps), carray(step_starts, steps),
-        steps, total, hidden_size, width, offset, reverse != 0, first_unit, units,
-        carray(grad_weight_ih, hidden_size * feature_size), carray(grad_weight_hh, hidden_size * hidden_size),
-        carray(grad_bias_ih, bias_size), carray(grad_bias_hh, bias_size), has_bias != 0, blas_single_threaded != 0,
-    )
-
-
 _parameter_gradients_compiled = export(
-    "parameter_gradients", _parameter_gradients_native, stages=(BACKWARD,),
+    "parameter_gradients", _parameter_gradients, stages=(BACKWARD,),
     layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
     hidden=ARRAY, grad_hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, steps=INDEX, batch=INDEX,
     total=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, first_unit=INDEX, units=INDEX,

@@ -23,7 +23,7 @@ import numpy as np
 from numba import carray, prange
 
 from .. import _parallel
-from .._config import jit, jit_helper, jit_parallel
+from .._config import jit, jit_parallel
 from .activations import sigmoid, tanh
 from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
@@ -43,10 +43,10 @@ from .schedule import backward_step, forward_step, row_piece, seed_final_gradien
 GATES = 3
 
 
-@jit_helper
 def _recur(
-    layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, h0, hidden, gates, hidden_n, keep,
-    gates_given, batch_sizes, step_starts, lengths, steps, first_row, rows, hidden_size, directions, direction, h_n,
+    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
+    h0, hidden, gates, hidden_n, keep, gates_given, batch_sizes, step_starts, lengths, steps, batch, total,
+    first_row, rows, hidden_size, directions, direction, h_n,
 ):
     """Run batch rows ``first_row:first_row+rows`` of one direction through their steps.
 
@@ -55,6 +55,24 @@ def _recur(
     ``packed_ih``; otherwise ``gates`` already holds x_t W_ih^T. Without ``gates_given`` the
     gates, and without ``keep`` h W_hn^T + b_hn, live in scratch.
     """
+    sequence = total * directions
+    kept = sequence if keep else 0
+    layer_input = carray(layer_input, total * features)
+    packed_ih = carray(packed_ih, packed_ih_size)
+    bias_ih = carray(bias_ih, GATES * hidden_size)
+    bias_hh = carray(bias_hh, GATES * hidden_size)
+    project_steps = project_steps != 0
+    packed_hh = carray(packed_hh, packed_hh_size)
+    h0 = carray(h0, batch * hidden_size)
+    hidden = carray(hidden, sequence * hidden_size)
+    gates = carray(gates, sequence * GATES * hidden_size if gates_given else 0)
+    hidden_n = carray(hidden_n, kept * hidden_size)
+    keep = keep != 0
+    gates_given = gates_given != 0
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    h_n = carray(h_n, batch * hidden_size)
     size = hidden_size
     gate_size = GATES * size
     dtype = hidden.dtype
@@ -117,10 +135,10 @@ def _recur(
     take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, out_ld, direction * size, h0, h_n, size)
 
 
-@jit_helper
 def _backpropagate(
-    packed_hh, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths, steps,
-    first_row, rows, hidden_size, directions, direction, grad_h0, grad_gates, grad_hidden_n,
+    packed_hh, packed_hh_size, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, batch_sizes, step_starts,
+    lengths, steps, batch, total, first_row, rows, hidden_size, directions, direction, grad_h0, grad_gates,
+    grad_hidden_n,
 ):
     """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
 
@@ -130,6 +148,20 @@ def _backpropagate(
     only read. ``packed_hh`` is W_hh as stored. Steps run in the reverse of the forward's
     order; a row's dLoss/dh_0 comes from the step that read h_0.
     """
+    sequence = total * directions
+    packed_hh = carray(packed_hh, packed_hh_size)
+    h0 = carray(h0, batch * hidden_size)
+    hidden = carray(hidden, sequence * hidden_size)
+    gates = carray(gates, sequence * GATES * hidden_size)
+    hidden_n = carray(hidden_n, sequence * hidden_size)
+    grad_hidden = carray(grad_hidden, sequence * hidden_size)
+    grad_h_n = carray(grad_h_n, batch * hidden_size)
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    grad_h0 = carray(grad_h0, batch * hidden_size)
+    grad_gates = carray(grad_gates, sequence * GATES * hidden_size)
+    grad_hidden_n = carray(grad_hidden_n, sequence * hidden_size)
     size = hidden_size
     gate_size = GATES * size
     dtype = gates.dtype
@@ -186,47 +218,15 @@ def _backpropagate(
                            (first_row + carried) * size, size, active - carried, gate_size, size, scratch)
 
 
-def _recur_native(
-    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size, h0,
-    hidden, gates, hidden_n, keep, gates_given, batch_sizes, step_starts, lengths, steps, batch, total, first_row,
-    rows, hidden_size, directions, direction, h_n,
-):
-    sequence = total * directions
-    kept = sequence if keep else 0
-    _recur(
-        carray(layer_input, total * features), features, carray(packed_ih, packed_ih_size),
-        carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
-        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
-        carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(hidden_n, kept * hidden_size),
-        keep != 0, gates_given != 0, carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch),
-        steps, first_row, rows, hidden_size, directions, direction, carray(h_n, batch * hidden_size),
-    )
-
-
-def _backpropagate_native(
-    packed_hh, packed_hh_size, h0, hidden, gates, hidden_n, grad_hidden, grad_h_n, batch_sizes, step_starts, lengths,
-    steps, batch, total, first_row, rows, hidden_size, directions, direction, grad_h0, grad_gates, grad_hidden_n,
-):
-    sequence = total * directions
-    _backpropagate(
-        carray(packed_hh, packed_hh_size), carray(h0, batch * hidden_size), carray(hidden, sequence * hidden_size),
-        carray(gates, sequence * GATES * hidden_size), carray(hidden_n, sequence * hidden_size),
-        carray(grad_hidden, sequence * hidden_size), carray(grad_h_n, batch * hidden_size),
-        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps,
-        first_row, rows, hidden_size, directions, direction, carray(grad_h0, batch * hidden_size),
-        carray(grad_gates, sequence * GATES * hidden_size), carray(grad_hidden_n, sequence * hidden_size),
-    )
-
-
 _recur_compiled = export(
-    "gru_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    "gru_recur", _recur, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY,
     hidden=ARRAY, gates=ARRAY, hidden_n=ARRAY, keep=INDEX, gates_given=INDEX, batch_sizes=INDICES,
     step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX,
     hidden_size=INDEX, directions=INDEX, direction=INDEX, h_n=ARRAY,
 )
 _backpropagate_compiled = export(
-    "gru_backpropagate", _backpropagate_native, stages=(BACKWARD,),
+    "gru_backpropagate", _backpropagate, stages=(BACKWARD,),
     packed_hh=ARRAY, packed_hh_size=INDEX, h0=ARRAY, hidden=ARRAY,
     gates=ARRAY, hidden_n=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, batch_sizes=INDICES, step_starts=INDICES,
     lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX, first_row=INDEX, rows=INDEX, hidden_size=INDEX,

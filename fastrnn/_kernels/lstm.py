@@ -23,7 +23,7 @@ import numpy as np
 from numba import carray, prange
 
 from .. import _parallel
-from .._config import jit, jit_helper, jit_parallel
+from .._config import jit, jit_parallel
 from .activations import sigmoid, tanh
 from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
@@ -43,11 +43,11 @@ from .schedule import backward_step, forward_step, row_piece, seed_final_gradien
 GATES = 4
 
 
-@jit_helper
 def _recur(
-    layer_input, features, packed_ih, bias_ih, bias_hh, project_steps, packed_hh, packed_hr, h0, c0, hidden, gates,
-    cells, unprojected, keep, gates_given, batch_sizes, step_starts, lengths, steps, first_row, rows, hidden_size,
-    output_size, projected, directions, direction, h_n, c_n,
+    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
+    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, gates_given, batch_sizes,
+    step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected, directions,
+    direction, h_n, c_n,
 ):
     """Run batch rows ``first_row:first_row+rows`` of one direction through their steps.
 
@@ -57,6 +57,29 @@ def _recur(
     gates, and without ``keep`` the cell state and o tanh(c), live in scratch, overwritten
     step after step (a row's scratch keeps its cell state while the row waits or is done).
     """
+    sequence = total * directions
+    kept = sequence if keep else 0
+    layer_input = carray(layer_input, total * features)
+    packed_ih = carray(packed_ih, packed_ih_size)
+    bias_ih = carray(bias_ih, GATES * hidden_size)
+    bias_hh = carray(bias_hh, GATES * hidden_size)
+    project_steps = project_steps != 0
+    packed_hh = carray(packed_hh, packed_hh_size)
+    packed_hr = carray(packed_hr, packed_hr_size)
+    h0 = carray(h0, batch * output_size)
+    c0 = carray(c0, batch * hidden_size)
+    hidden = carray(hidden, sequence * output_size)
+    gates = carray(gates, sequence * GATES * hidden_size if gates_given else 0)
+    cells = carray(cells, kept * hidden_size)
+    unprojected = carray(unprojected, kept * hidden_size if projected else 0)
+    keep = keep != 0
+    gates_given = gates_given != 0
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    projected = projected != 0
+    h_n = carray(h_n, batch * output_size)
+    c_n = carray(c_n, batch * hidden_size)
     size = hidden_size
     gate_size = GATES * size
     bias = bias_ih[:gate_size] + bias_hh[:gate_size]
@@ -152,10 +175,10 @@ def _recur(
                 c_n[row * size + c] = source[at + c]
 
 
-@jit_helper
 def _backpropagate(
-    packed_hh, packed_hr, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n, batch_sizes, step_starts, lengths,
-    steps, first_row, rows, hidden_size, output_size, projected, directions, direction, grad_h0, grad_c0, grad_gates,
+    packed_hh, packed_hh_size, packed_hr, packed_hr_size, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n,
+    batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected,
+    directions, direction, grad_h0, grad_c0, grad_gates,
 ):
     """Backpropagate batch rows ``first_row:first_row+rows`` of one direction through time.
 
@@ -166,6 +189,22 @@ def _backpropagate(
     are W_hh and W_hr as stored. Steps run in the reverse of the forward's order; a row's
     dLoss/dh_0 comes from the step that read h_0.
     """
+    sequence = total * directions
+    packed_hh = carray(packed_hh, packed_hh_size)
+    packed_hr = carray(packed_hr, packed_hr_size)
+    c0 = carray(c0, batch * hidden_size)
+    gates = carray(gates, sequence * GATES * hidden_size)
+    cells = carray(cells, sequence * hidden_size)
+    grad_hidden = carray(grad_hidden, sequence * output_size)
+    grad_h_n = carray(grad_h_n, batch * output_size)
+    grad_c_n = carray(grad_c_n, batch * hidden_size)
+    batch_sizes = carray(batch_sizes, steps)
+    step_starts = carray(step_starts, steps)
+    lengths = carray(lengths, batch)
+    projected = projected != 0
+    grad_h0 = carray(grad_h0, batch * output_size)
+    grad_c0 = carray(grad_c0, batch * hidden_size)
+    grad_gates = carray(grad_gates, sequence * GATES * hidden_size)
     size = hidden_size
     gate_size = GATES * size
     dtype = gates.dtype
@@ -237,46 +276,8 @@ def _backpropagate(
             grad_c0[(first_row + r) * size + j] = grad_cell[r * size + j]
 
 
-def _recur_native(
-    layer_input, features, packed_ih, packed_ih_size, bias_ih, bias_hh, project_steps, packed_hh, packed_hh_size,
-    packed_hr, packed_hr_size, h0, c0, hidden, gates, cells, unprojected, keep, gates_given, batch_sizes,
-    step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected, directions,
-    direction, h_n, c_n,
-):
-    sequence = total * directions
-    kept = sequence if keep else 0
-    _recur(
-        carray(layer_input, total * features), features, carray(packed_ih, packed_ih_size),
-        carray(bias_ih, GATES * hidden_size), carray(bias_hh, GATES * hidden_size), project_steps != 0,
-        carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(h0, batch * output_size),
-        carray(c0, batch * hidden_size), carray(hidden, sequence * output_size),
-        carray(gates, sequence * GATES * hidden_size if gates_given else 0), carray(cells, kept * hidden_size),
-        carray(unprojected, kept * hidden_size if projected else 0), keep != 0, gates_given != 0,
-        carray(batch_sizes, steps), carray(step_starts, steps), carray(lengths, batch), steps, first_row, rows,
-        hidden_size, output_size, projected != 0, directions, direction, carray(h_n, batch * output_size),
-        carray(c_n, batch * hidden_size),
-    )
-
-
-def _backpropagate_native(
-    packed_hh, packed_hh_size, packed_hr, packed_hr_size, c0, gates, cells, grad_hidden, grad_h_n, grad_c_n,
-    batch_sizes, step_starts, lengths, steps, batch, total, first_row, rows, hidden_size, output_size, projected,
-    directions, direction, grad_h0, grad_c0, grad_gates,
-):
-    sequence = total * directions
-    _backpropagate(
-        carray(packed_hh, packed_hh_size), carray(packed_hr, packed_hr_size), carray(c0, batch * hidden_size),
-        carray(gates, sequence * GATES * hidden_size), carray(cells, sequence * hidden_size),
-        carray(grad_hidden, sequence * output_size), carray(grad_h_n, batch * output_size),
-        carray(grad_c_n, batch * hidden_size), carray(batch_sizes, steps), carray(step_starts, steps),
-        carray(lengths, batch), steps, first_row, rows, hidden_size, output_size,
-        projected != 0, directions, direction, carray(grad_h0, batch * output_size),
-        carray(grad_c0, batch * hidden_size), carray(grad_gates, sequence * GATES * hidden_size),
-    )
-
-
 _recur_compiled = export(
-    "lstm_recur", _recur_native, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
+    "lstm_recur", _recur, layer_input=ARRAY, features=INDEX, packed_ih=ARRAY, packed_ih_size=INDEX,
     bias_ih=ARRAY, bias_hh=ARRAY, project_steps=INDEX, packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, h0=ARRAY, c0=ARRAY, hidden=ARRAY, gates=ARRAY, cells=ARRAY, unprojected=ARRAY,
     keep=INDEX, gates_given=INDEX, batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX,
@@ -284,7 +285,7 @@ _recur_compiled = export(
     directions=INDEX, direction=INDEX, h_n=ARRAY, c_n=ARRAY,
 )
 _backpropagate_compiled = export(
-    "lstm_backpropagate", _backpropagate_native, stages=(BACKWARD,),
+    "lstm_backpropagate", _backpropagate, stages=(BACKWARD,),
     packed_hh=ARRAY, packed_hh_size=INDEX, packed_hr=ARRAY,
     packed_hr_size=INDEX, c0=ARRAY, gates=ARRAY, cells=ARRAY, grad_hidden=ARRAY, grad_h_n=ARRAY, grad_c_n=ARRAY,
     batch_sizes=INDICES, step_starts=INDICES, lengths=INDICES, steps=INDEX, batch=INDEX, total=INDEX,
@@ -426,9 +427,6 @@ def saved_widths(spec) -> dict[str, int]:
     if spec.proj_size:
         widths["unprojected"] = spec.hidden_size
     return widths
-
-
-
 
 
 def forward(call, finals) -> None:

@@ -221,8 +221,10 @@ def _few_rows_two_panels(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset
             done += 1
 
 
-@jit_helper
-def _pack(weight, inner, cols, transposed_source, packed):
+def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
+    weight = carray(weight_pointer, inner * cols)
+    packed = carray(packed_pointer, packed_size)
+    transposed_source = transposed_source != 0
     # Indices are unsigned so that numba drops its negative-index checks: 1.2 us against
     # 1.5 us for 64x64 with indexed views, 0.34 ms against 0.43 ms for 1024x1024.
     width = PANEL_BYTES // weight.itemsize
@@ -254,9 +256,16 @@ def _pack(weight, inner, cols, transposed_source, packed):
                     packed[np.uint64(target + j)] = weight[np.uint64(source + j)]
 
 
-@jit_helper
-def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
+def _product(
+    src_pointer, src_ld, packed_pointer, packed_size, dst_pointer, dst_ld, rows, inner, cols, scratch_pointer,
+    scratch_size,
+):
     """dst[rows, :cols] += src[rows, :inner] @ B, panel by panel, the inner dimension in chunks."""
+    src = carray(src_pointer, (rows - 1) * src_ld + inner)
+    packed = carray(packed_pointer, packed_size)
+    dst = carray(dst_pointer, (rows - 1) * dst_ld + cols)
+    scratch = carray(scratch_pointer, scratch_size)
+
     width = PANEL_BYTES // src.itemsize
     full_panels = cols // width
     edge_cols = cols - full_panels * width
@@ -287,29 +296,12 @@ def _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch):
             dst[edge_at + r * dst_ld + c] = scratch[r * width + c]
 
 
-def _pack_native(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
-    weight = carray(weight_pointer, inner * cols)
-    packed = carray(packed_pointer, packed_size)
-    _pack(weight, inner, cols, transposed_source != 0, packed)
-
-
-def _product_native(
-    src_pointer, src_ld, packed_pointer, packed_size, dst_pointer, dst_ld, rows, inner, cols, scratch_pointer,
-    scratch_size,
-):
-    src = carray(src_pointer, (rows - 1) * src_ld + inner)
-    packed = carray(packed_pointer, packed_size)
-    dst = carray(dst_pointer, (rows - 1) * dst_ld + cols)
-    scratch = carray(scratch_pointer, scratch_size)
-    _product(src, src_ld, packed, dst, dst_ld, rows, inner, cols, scratch)
-
-
 _pack_compiled = export(
-    "pack", _pack_native, weight_pointer=ARRAY, inner=INDEX, cols=INDEX, transposed_source=INDEX,
+    "pack", _pack, weight_pointer=ARRAY, inner=INDEX, cols=INDEX, transposed_source=INDEX,
     packed_pointer=ARRAY, packed_size=INDEX,
 )
 _product_compiled = export(
-    "packed_product", _product_native, src_pointer=ARRAY, src_ld=INDEX, packed_pointer=ARRAY, packed_size=INDEX,
+    "packed_product", _product, src_pointer=ARRAY, src_ld=INDEX, packed_pointer=ARRAY, packed_size=INDEX,
     dst_pointer=ARRAY, dst_ld=INDEX, rows=INDEX, inner=INDEX, cols=INDEX, scratch_pointer=ARRAY,
     scratch_size=INDEX,
 )
