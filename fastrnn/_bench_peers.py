@@ -45,6 +45,8 @@ class PeerUnavailable(Exception):
 # Why jax is not timed on a batch with lengths: lax.scan runs every padded step, so masking
 # the finished sequences would give the right numbers for the full-length price, and a
 # per-sequence reverse direction would add gathers on top.
+# Neither the lax.scan models here nor ONNX's LSTM operator has LSTM's output projection.
+PROJECTION_REASON = "it has no LSTM with an output projection (proj_size)"
 JAX_LENGTHS_REASON = (
     "its lax.scan models run every padded step; masking would honour lengths at the full-length cost, "
     "so it is left out of tables with lengths rather than timed at full length"
@@ -56,7 +58,7 @@ class Case:
     """One benchmark problem: a cell, a stack of layers, a dtype and the sequences' lengths.
 
     ``lengths`` holds B values in [1, T], in any order, or None when every sequence runs all
-    T steps.
+    T steps. ``proj_size`` is an LSTM's projection size P, 0 for none.
     """
 
     cell: str
@@ -68,11 +70,27 @@ class Case:
     bidirectional: bool
     dtype: type
     lengths: tuple[int, ...] | None = None
+    proj_size: int = 0
 
     @classmethod
-    def from_shape(cls, cell: str, shape: tuple, dtype: type, lengths: np.ndarray | None = None) -> Case:
+    def from_shape(cls, cell: str, shape: tuple, dtype: type, lengths: np.ndarray | None = None,
+                   proj_size: int = 0) -> Case:
         """``shape`` is the bench's (T, B, I, H, layers, bidirectional)."""
-        return cls(cell, *shape, np.dtype(dtype).type, None if lengths is None else tuple(int(n) for n in lengths))
+        return cls(cell, *shape, np.dtype(dtype).type, None if lengths is None else tuple(int(n) for n in lengths),
+                   proj_size)
+
+    @property
+    def output_size(self) -> int:
+        """Each direction's output width: P with a projection, else H."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def layer_options(self) -> dict:
+        """The keyword arguments every implementation's layer takes for the case, torch's names."""
+        options = {"bidirectional": self.bidirectional}
+        if self.proj_size:
+            options["proj_size"] = self.proj_size
+        return options
 
     @property
     def lengths_array(self) -> np.ndarray | None:
@@ -102,8 +120,8 @@ def build_layer(module: ModuleType, cell: str, input_size: int, hidden_size: int
 def build_case_layer(module: ModuleType, case: Case, seed: int = 0):
     """A fastrnn or fastrnn.reference layer for the case."""
     return build_layer(
-        module, case.cell, case.input_size, case.hidden_size, case.num_layers,
-        bidirectional=case.bidirectional, dtype=case.dtype, seed=seed,
+        module, case.cell, case.input_size, case.hidden_size, case.num_layers, dtype=case.dtype, seed=seed,
+        **case.layer_options,
     )
 
 
@@ -135,8 +153,8 @@ def torch_layer(case: Case, weights: Mapping[str, np.ndarray]):
     import torch
 
     layer = build_layer(
-        torch.nn, case.cell, case.input_size, case.hidden_size, case.num_layers, bidirectional=case.bidirectional,
-        dtype=torch.float64 if case.dtype == np.float64 else torch.float32,
+        torch.nn, case.cell, case.input_size, case.hidden_size, case.num_layers,
+        dtype=torch.float64 if case.dtype == np.float64 else torch.float32, **case.layer_options,
     )
     layer.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
     return layer
@@ -187,8 +205,8 @@ def torch_api_modules(case: Case, weights: Mapping[str, np.ndarray]) -> dict:
     tensors = {name: torch.from_numpy(value) for name, value in weights.items()}
     modules = {}
     for name, namespace in zip(TORCH_API_MODULES, (fastrnn.torch, torch.nn), strict=True):
-        module = build_layer(namespace, case.cell, case.input_size, case.hidden_size, case.num_layers,
-                             bidirectional=case.bidirectional, dtype=dtype)
+        module = build_layer(namespace, case.cell, case.input_size, case.hidden_size, case.num_layers, dtype=dtype,
+                             **case.layer_options)
         module.load_state_dict(tensors)
         modules[name] = module
     return modules
@@ -313,6 +331,8 @@ def jax_params(case: Case, weights: Mapping[str, np.ndarray]) -> list:
 def jax_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
     if case.lengths is not None:
         raise PeerUnavailable(JAX_LENGTHS_REASON)
+    if case.proj_size:
+        raise PeerUnavailable(PROJECTION_REASON)
     import jax
     import jax.numpy as jnp
 
@@ -433,6 +453,8 @@ def ort_inputs(case: Case, x: np.ndarray, lengths: np.ndarray | None = None) -> 
 
 
 def ort_peer(case: Case, weights: Mapping[str, np.ndarray], x: np.ndarray, grad_output: np.ndarray) -> Timers:
+    if case.proj_size:
+        raise PeerUnavailable(PROJECTION_REASON)
     session = ort_session(case, weights)
     feed = ort_inputs(case, x)
 

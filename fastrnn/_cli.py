@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
              "through pack_padded_sequence, and nothing runs at full length); without --shapes it runs "
              f"{' and '.join(shape_label(shape) for shape in DEFAULT_LENGTHS_SHAPES)}",
     )
+    bench.add_argument(
+        "--proj-size", type=int, default=0,
+        help="LSTM only: the output projection P (torch's proj_size), 0 < P < H for every shape; jax and ort "
+             "have no such LSTM and are skipped; not with --api torch",
+    )
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape and mode")
     bench.add_argument("--json", help="write the results to this JSON file")
     bench.add_argument("--plot", help="draw a PNG bar chart of the speedups (needs matplotlib)")

@@ -130,26 +130,32 @@ def shape_label(shape) -> str:
     return f"({steps},{batch},{inputs},{hidden},{layers},{'bi' if bidirectional else 'uni'})"
 
 
-def forward_flops(shape, cell: str) -> float:
-    """G x 2*T*B*(I*H + H*H) per layer-direction, G the cell's gate count (1, LSTM 4, GRU 3)."""
+def forward_flops(shape, cell: str, proj_size: int = 0) -> float:
+    """G x 2*T*B*(I*H + H*H) per layer-direction, G the cell's gate count (1, LSTM 4, GRU 3).
+
+    With an LSTM projection to P the recurrent product is G x 2*T*B*P*H, layers above the
+    first take D*P inputs, and the projection itself adds 2*T*B*H*P.
+    """
     steps, batch, inputs, hidden, layers, bidirectional = shape
     directions = 2 if bidirectional else 1
+    output = proj_size or hidden
     total = 0.0
     for layer in range(layers):
-        features = inputs if layer == 0 else directions * hidden
-        total += directions * 2.0 * steps * batch * (features * hidden + hidden * hidden)
-    return GATES[cell] * total
+        features = inputs if layer == 0 else directions * output
+        per_step = GATES[cell] * (features * hidden + output * hidden) + hidden * proj_size
+        total += directions * 2.0 * steps * batch * per_step
+    return total
 
 
-def forward_backward_flops(shape, cell: str) -> float:
+def forward_backward_flops(shape, cell: str, proj_size: int = 0) -> float:
     """Three times the forward's: the forward, the input gradients, the weight gradients."""
-    return 3 * forward_flops(shape, cell)
+    return 3 * forward_flops(shape, cell, proj_size)
 
 
 def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(case.dtype)
-    grad = rng.standard_normal((case.steps, case.batch, case.directions * case.hidden_size)).astype(case.dtype)
+    grad = rng.standard_normal((case.steps, case.batch, case.directions * case.output_size)).astype(case.dtype)
     return x, grad
 
 
@@ -242,9 +248,10 @@ def interleaved_medians(
 
 def run(
     shapes, peers, dtype, cell, budget: float, progress=sys.stderr, settle: float = SETTLE_SECONDS,
-    lengths: str = "full",
+    lengths: str = "full", proj_size: int = 0,
 ) -> tuple[list[ShapeResult], float, list[str]]:
-    """Time fastrnn and the peers on each shape; ``lengths`` is one of ``LENGTHS_MODES``."""
+    """Time fastrnn and the peers on each shape; ``lengths`` is one of ``LENGTHS_MODES``,
+    ``proj_size`` an LSTM's projection (0: none)."""
     notes = []
     active = []
     for peer in peers:
@@ -261,7 +268,7 @@ def run(
         print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
         steps, batch = shape[:2]
         case_lengths = draw_lengths(lengths, steps, batch)
-        made = build_implementations(Case.from_shape(cell, shape, dtype, case_lengths), active, notes)
+        made = build_implementations(Case.from_shape(cell, shape, dtype, case_lengths, proj_size), active, notes)
         forward = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
         both = interleaved_medians(
             {name: timers[1] for name, timers in made.items() if timers[1] is not None}, budget, settle
@@ -285,7 +292,7 @@ def run(
         if any(p in both for p in peers_run):
             result.speedup_forward_backward = min(both[p] for p in peers_run if p in both) / both["fastrnn"]
         # Only the steps within the lengths are work: the padding past them is not computed.
-        useful_flops = forward_backward_flops(shape, cell) * result.steps_run
+        useful_flops = forward_backward_flops(shape, cell, proj_size) * result.steps_run
         result.gflops_forward_backward = useful_flops / both["fastrnn"] / 1e9
         results.append(result)
     gemm = max(gemm, gemm_gflops(dtype))
@@ -619,6 +626,8 @@ def _command_options(args) -> str:
     options = f" --dtype {args.dtype} --cell {args.cell}"
     if args.lengths != "full":
         options += f" --lengths {args.lengths}"
+    if getattr(args, "proj_size", 0):
+        options += f" --proj-size {args.proj_size}"
     if args.shapes:
         options += f' --shapes "{args.shapes}"'
     return options
@@ -661,6 +670,17 @@ def main(args) -> int:
         shapes = parse_shapes(args.shapes)
     else:
         shapes = list(DEFAULT_SHAPES if args.lengths == "full" else DEFAULT_LENGTHS_SHAPES)
+    proj_size = getattr(args, "proj_size", 0)
+    if proj_size:
+        if args.cell != "lstm" or api != "numpy":
+            raise SystemExit(f"--proj-size is for --cell lstm with --api numpy, got --cell {args.cell} "
+                             f"--api {api}")
+        if args.readme:
+            raise SystemExit("--readme has no table for --proj-size; leave one of them out")
+        too_small = [shape_label(shape) for shape in shapes if not 0 < proj_size < shape[3]]
+        if too_small:
+            raise SystemExit(f"--proj-size {proj_size} must be over 0 and under each shape's hidden size H, "
+                             f"which it is not for {', '.join(too_small)}")
     if args.readme:
         # Before the timing, which takes minutes: each lengths mode and API has markers of its own.
         try:
@@ -669,16 +689,19 @@ def main(args) -> int:
             raise SystemExit(f"--readme: {error}") from error
     if api == "torch":
         return _main_torch_api(args, dtype, shapes)
-    results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget, lengths=args.lengths)
+    results, gemm, notes = run(shapes, peers, dtype, args.cell, args.budget, lengths=args.lengths,
+                               proj_size=proj_size)
     for note in notes:
         print(note)
     shown = [p for p in peers if any(p in r.peers for r in results)]
-    print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}), {np.dtype(dtype).name}"
+    projection = f", proj_size {proj_size} (--proj-size {proj_size})" if proj_size else ""
+    print(f"\nfastrnn bench: {CELL_TITLES[args.cell]} (--cell {args.cell}){projection}, {np.dtype(dtype).name}"
           f"{_lengths_title(args.lengths)}, forward and forward+backward\n")
     table = format_table(results, shown, gemm)
     print(table)
     return _write_outputs(
-        args, api, dtype, gemm, results, {}, f"python -m fastrnn bench --peers {','.join(peers)}",
+        args, api, dtype, gemm, results, {"proj_size": proj_size},
+        f"python -m fastrnn bench --peers {','.join(peers)}",
         table + f"\n\n{_machine_line()}", plot,
     )
 

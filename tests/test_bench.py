@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from fastrnn import _cli, bench
+import fastrnn
+from fastrnn import _bench_peers, _cli, bench
 
 
 def test_parse_shapes_fills_in_layers_and_direction():
@@ -183,6 +184,43 @@ def test_command_writes_json(tmp_path, cell):
     data = json.loads(path.read_text())
     assert data["dtype"] == "float32" and data["cell"] == cell
     assert [tuple(r["shape"]) for r in data["results"]] == [(4, 2, 3, 5, 1, False)]
+
+
+def test_projection_flops_count_the_smaller_recurrent_product_and_the_projection():
+    # layer 0: 2 directions x (4 x 2*T*B*(I*H + P*H) + 2*T*B*H*P); layer 1 takes 2P inputs.
+    steps, batch, inputs, hidden, proj = 3, 2, 4, 5, 2
+    layer0 = 2 * 2 * steps * batch * (4 * (inputs * hidden + proj * hidden) + hidden * proj)
+    layer1 = 2 * 2 * steps * batch * (4 * (2 * proj * hidden + proj * hidden) + hidden * proj)
+    shape = (steps, batch, inputs, hidden, 2, True)
+    assert bench.forward_flops(shape, "lstm", proj) == layer0 + layer1
+    assert bench.forward_backward_flops(shape, "lstm", proj) == 3 * (layer0 + layer1)
+
+
+def test_run_with_a_projection_times_the_projected_lstm_and_skips_peers_without_one():
+    peers = installed_peers("numpy", "torch", "jax", "ort")
+    shape = (4, 2, 3, 5, 2, True)
+    results, _, notes = bench.run([shape], peers, np.float32, "lstm", budget=0.001, progress=io.StringIO(),
+                                  settle=0.0, proj_size=2)
+    (result,) = results
+    assert set(result.peers) == {peer for peer in peers if peer in ("numpy", "torch")}
+    for peer in {"jax", "ort"} & set(peers):
+        assert f"skipped peer {peer}: {_bench_peers.PROJECTION_REASON}" in notes
+    case = _bench_peers.Case.from_shape("lstm", shape, np.float32, proj_size=2)
+    layer = _bench_peers.build_case_layer(fastrnn, case)
+    output, (h_n, c_n) = layer(np.ones((4, 2, 3), dtype=np.float32))
+    assert output.shape == (4, 2, 2 * 2) and h_n.shape == (4, 2, 2) and c_n.shape == (4, 2, 5)
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--cell", "gru", "--proj-size", "2"],
+    ["--cell", "lstm", "--proj-size", "5", "--shapes", "4,2,3,5"],
+    ["--cell", "lstm", "--proj-size", "2", "--api", "torch"],
+    ["--cell", "lstm", "--proj-size", "2", "--readme", "README.md"],
+])
+def test_projection_outside_what_it_applies_to_is_refused_before_timing(arguments, capsys):
+    with pytest.raises(SystemExit, match="--proj-size|--readme"):
+        _cli.main(["bench", *arguments])
+    assert "[1/" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
