@@ -42,11 +42,11 @@ class PeerUnavailable(Exception):
     """A peer cannot run a case (a dtype it lacks, say); the message says why."""
 
 
+# Neither the lax.scan models here nor ONNX's LSTM operator has LSTM's output projection.
+PROJECTION_REASON = "it has no LSTM with an output projection (proj_size)"
 # Why jax is not timed on a batch with lengths: lax.scan runs every padded step, so masking
 # the finished sequences would give the right numbers for the full-length price, and a
 # per-sequence reverse direction would add gathers on top.
-# Neither the lax.scan models here nor ONNX's LSTM operator has LSTM's output projection.
-PROJECTION_REASON = "it has no LSTM with an output projection (proj_size)"
 JAX_LENGTHS_REASON = (
     "its lax.scan models run every padded step; masking would honour lengths at the full-length cost, "
     "so it is left out of tables with lengths rather than timed at full length"

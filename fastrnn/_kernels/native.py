@@ -72,9 +72,10 @@ def export(name: str, function: Callable, *, stages: tuple[str, ...] = STAGES, *
     The C signature is given once, by name: ``arguments`` maps each of ``function``'s
     parameters, in order, to ``ARRAY`` or ``INDEX``; a mismatch with the function's own
     parameters raises here, where it is declared. ``stages`` says which layer passes call
-    it. Nothing is compiled until ``ensure_compiled`` asks for a dtype and a stage. Returns what kernels call instead:
-    ``call(like, *arguments)``, ``like`` any array of the dtype wanted (its dtype picks
-    the build at compile time) and arrays given as addresses (``array.ctypes.data``).
+    it. Nothing is compiled until ``ensure_compiled`` asks for a dtype and a stage.
+    Returns what kernels call instead: ``call(like, *arguments)``, ``like`` any array of
+    the dtype wanted (its dtype picks the build at compile time) and arrays given as
+    addresses (``array.ctypes.data``).
     """
     declared = list(arguments)
     parameters = list(inspect.signature(function).parameters)
