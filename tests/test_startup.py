@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 # The child reports, after each call, which C functions exist for which dtype.
 FIRST_CALLS_SCRIPT = """
 import json
+import os
 import sys
 
 import numpy as np
@@ -53,3 +55,29 @@ def test_a_first_inference_call_compiles_neither_backward_kernels_nor_other_cell
     assert all(dtypes == ["float32"] for dtypes in after_training.values()), after_training
     other_cells = {"RNN": ("lstm_", "gru_"), "LSTM": ("gru_",), "GRU": ("lstm_",)}[cell]
     assert not [name for name in stages if name.startswith(other_cells)], stages
+
+
+COLD_TRAINING_CALL_SCRIPT = """
+import sys
+
+import numpy as np
+
+import fastrnn
+
+layer = getattr(fastrnn, sys.argv[1])(3, 4, seed=0)
+output, _ = layer(np.ones((2, 1, 3), dtype=np.float32))
+layer.backward(np.ones_like(output))
+"""
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_compiling_from_an_empty_cache_prints_no_warning(cell, tmp_path):
+    # Every warning is an error in the child, so one that fastrnn does not expect fails
+    # the call; fastrnn's own filter for numba's inliner check must still apply.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", COLD_TRAINING_CALL_SCRIPT, cell], capture_output=True, text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stderr, result.stderr[-3000:]
