@@ -1,19 +1,9 @@
 """Numba compilation options, decided once for every kernel in the package."""
 
 import types
-import warnings
 
 import numba
-from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import register_jitable
-
-# numba's inliner reports a variable of the inlined tanh as out of scope, a check of its
-# own IR that it asks to be reported upstream; the compiled code is checked against the
-# reference in the tests. The warning is raised from numba's own module, so it is matched
-# by the name of fastrnn's tanh, and every other one of numba's still shows.
-warnings.filterwarnings(
-    "ignore", message=r"variable '_tanh_impl__locals__", category=NumbaIRAssumptionWarning
-)
 
 # "contract" lets LLVM fuse multiply-adds and "reassoc" lets it vectorise reductions.
 # NaN/inf handling is left exact on purpose: non-finite data must propagate as in torch.

@@ -57,26 +57,27 @@ def test_a_first_inference_call_compiles_neither_backward_kernels_nor_other_cell
     assert not [name for name in stages if name.startswith(other_cells)], stages
 
 
-COLD_TRAINING_CALL_SCRIPT = """
+COLD_TRAINING_CALLS_SCRIPT = """
 import sys
 
 import numpy as np
 
 import fastrnn
 
-layer = getattr(fastrnn, sys.argv[1])(3, 4, seed=0)
-output, _ = layer(np.ones((2, 1, 3), dtype=np.float32))
-layer.backward(np.ones_like(output))
+for dtype in (np.float32, np.float64):
+    layer = getattr(fastrnn, sys.argv[1])(3, 4, seed=0, dtype=dtype)
+    output, _ = layer(np.ones((2, 1, 3), dtype=dtype))
+    layer.backward(np.ones_like(output))
 """
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_compiling_from_an_empty_cache_prints_no_warning(cell, tmp_path):
-    # Every warning is an error in the child, so one that fastrnn does not expect fails
-    # the call; fastrnn's own filter for numba's inliner check must still apply.
+    # Every warning is an error in the child: a first call that makes numba (or anything
+    # else) warn fails here. Both dtypes, as each has its own tanh.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", COLD_TRAINING_CALL_SCRIPT, cell], capture_output=True, text=True,
+        [sys.executable, "-W", "error", "-c", COLD_TRAINING_CALLS_SCRIPT, cell], capture_output=True, text=True,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
