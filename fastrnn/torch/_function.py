@@ -208,9 +208,10 @@ def run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | 
     With grad mode off (``no_grad``, ``inference_mode``) or nothing requiring grad, the
     kernels run their inference path and keep no per-step state.
     """
-    tracked = [x, *(state for state in states if state is not None), *params]
-    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tracked):
-        output, *finals = StackFunction.apply(call, x, *states, *params)
-        return output, tuple(finals)
+    if torch.is_grad_enabled():
+        tracked = [x, *(state for state in states if state is not None), *params]
+        if any(tensor.requires_grad for tensor in tracked):
+            output, *finals = StackFunction.apply(call, x, *states, *params)
+            return output, tuple(finals)
     output, finals, _ = _run_arrays(call, x, states, requires_grad=False)
     return output, finals

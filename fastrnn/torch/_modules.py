@@ -57,7 +57,7 @@ def _fallback_reason(tensors: list[Tensor]) -> str | None:
         # the reasons, in order.
         for tensor in tensors:
             if not (type(tensor) in _PLAIN_TENSOR_TYPES and tensor.dtype in _FLOAT_DTYPES
-                    and tensor.device.type == "cpu" and not _is_functorch_wrapped(tensor)):
+                    and tensor.is_cpu and not _is_functorch_wrapped(tensor)):
                 break
         else:
             return None
