@@ -77,6 +77,10 @@ def _recur(
     gate_size = GATES * size
     dtype = hidden.dtype
     one = dtype.type(1.0)
+    # r and z take both biases as one sum; n's hidden bias stays inside the product with r.
+    bias_r = bias_ih[:size] + bias_hh[:size]
+    bias_z = bias_ih[size : 2 * size] + bias_hh[size : 2 * size]
+    bias_in, bias_hn = bias_ih[2 * size :], bias_hh[2 * size :]
     scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
     products = np.empty(rows * gate_size, dtype=dtype)
     out_ld = directions * size
@@ -113,8 +117,16 @@ def _recur(
             packed_product(h0, (first_row + carried) * size, size, packed_hh, products, carried * gate_size,
                            gate_size, active - carried, size, gate_size, scratch)
         for r in range(active):
-            gate = gate_buffer[gate_at + r * gate_ld : gate_at + r * gate_ld + gate_size]
-            product = products[r * gate_size : (r + 1) * gate_size]
+            at = gate_at + r * gate_ld
+            # One view per gate block, each indexed from 0, and loops of a few arrays each:
+            # with more, LLVM gives up the run-time checks that the views do not overlap,
+            # and with them the vector code (as in the LSTM kernels).
+            gate_r = gate_buffer[at : at + size]
+            gate_z = gate_buffer[at + size : at + 2 * size]
+            gate_n = gate_buffer[at + 2 * size : at + gate_size]
+            product_r = products[r * gate_size :][:size]
+            product_z = products[r * gate_size + size :][:size]
+            product_n = products[r * gate_size + 2 * size :][:size]
             if r < carried:
                 before = hidden[previous_at + r * out_ld :][:size]
             else:
@@ -122,15 +134,15 @@ def _recur(
             hidden_part = n_buffer[n_at + r * n_ld :][:size]
             result = hidden[out_at + r * out_ld :][:size]
             for j in range(size):
-                reset = sigmoid(gate[j] + bias_ih[j] + product[j] + bias_hh[j])
-                update = sigmoid(gate[size + j] + bias_ih[size + j] + product[size + j] + bias_hh[size + j])
-                from_hidden = product[2 * size + j] + bias_hh[2 * size + j]
-                new = tanh(gate[2 * size + j] + bias_ih[2 * size + j] + reset * from_hidden)
-                gate[j] = reset
-                gate[size + j] = update
-                gate[2 * size + j] = new
-                hidden_part[j] = from_hidden
-                result[j] = (one - update) * new + update * before[j]
+                gate_r[j] = sigmoid(gate_r[j] + product_r[j] + bias_r[j])
+            for j in range(size):
+                gate_z[j] = sigmoid(gate_z[j] + product_z[j] + bias_z[j])
+            for j in range(size):
+                hidden_part[j] = product_n[j] + bias_hn[j]
+            for j in range(size):
+                gate_n[j] = tanh(gate_n[j] + bias_in[j] + gate_r[j] * hidden_part[j])
+            for j in range(size):
+                result[j] = (one - gate_z[j]) * gate_n[j] + gate_z[j] * before[j]
         previous_at, previous_rows = out_at, active
     take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, out_ld, direction * size, h0, h_n, size)
 
@@ -193,23 +205,29 @@ def _backpropagate(
             else:
                 before = h0[(first_row + r) * size :][:size]
                 grad_before = grad_h0[(first_row + r) * size :][:size]
+            reset, update, new = gate[:size], gate[size : 2 * size], gate[2 * size :]
+            grad_r, grad_z, grad_n = grad_gate[:size], grad_gate[size : 2 * size], grad_gate[2 * size :]
             side = hidden_side[r * gate_size : (r + 1) * gate_size]
+            side_r, side_z, side_n = side[:size], side[size : 2 * size], side[2 * size :]
+            # Loops of a few arrays each, so that each is vector code (see ``_recur``).
             for j in range(size):
-                reset = gate[j]
-                update = gate[size + j]
-                new = gate[2 * size + j]
-                grad = grad_h[j]
-                grad_new = grad * (one - update) * (one - new * new)
-                grad_reset = grad_new * hidden_part[j] * reset * (one - reset)
-                grad_update = grad * (before[j] - new) * update * (one - update)
-                grad_gate[j] = grad_reset
-                grad_gate[size + j] = grad_update
-                grad_gate[2 * size + j] = grad_new
-                grad_hidden_part[j] = grad_new * reset
-                side[j] = grad_reset
-                side[size + j] = grad_update
-                side[2 * size + j] = grad_new * reset
-                grad_before[j] += grad * update
+                grad_n[j] = grad_h[j] * (one - update[j]) * (one - new[j] * new[j])
+            for j in range(size):
+                grad_r[j] = grad_n[j] * hidden_part[j] * reset[j] * (one - reset[j])
+            for j in range(size):
+                grad_z[j] = grad_h[j] * update[j] * (one - update[j])
+            for j in range(size):
+                grad_z[j] *= before[j] - new[j]
+            for j in range(size):
+                grad_hidden_part[j] = grad_n[j] * reset[j]
+            for j in range(size):
+                side_r[j] = grad_r[j]
+            for j in range(size):
+                side_z[j] = grad_z[j]
+            for j in range(size):
+                side_n[j] = grad_hidden_part[j]
+            for j in range(size):
+                grad_before[j] += grad_h[j] * update[j]
         if carried > 0:
             packed_product(hidden_side, 0, gate_size, packed_hh, grad_hidden, earlier_at, out_ld, carried, gate_size,
                            size, scratch)
