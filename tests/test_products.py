@@ -44,12 +44,15 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
 SHAPES = [
     (1, 1, 1),
     (1, 32, 64),  # one row: the tile kernel with several accumulator chains
-    (3, 40, 100),  # under 4 rows: panels in pairs, then a single one and an edge
+    (2, 40, 100),  # under 3 rows: panels in pairs, then a single one and an edge
+    (3, 40, 100),  # three rows: one tile of 3 per panel, and an edge
     (2, 300, 64),  # two rows over a pair of panels, the inner dimension in two chunks
-    (3, 17, 33),  # rows in tiles of 2 and 1; one full panel and a one-column edge
-    (13, 300, 65),  # rows in tiles of 8, 4 and 1; inner dimension in two chunks
+    (3, 17, 33),  # one full panel and a one-column edge
+    (5, 33, 64),  # tiles of 5 (of 4 and 1 where TILE_ROWS is 4)
+    (6, 70, 96),  # tiles of 6 (4 and 2)
+    (13, 300, 65),  # rows in tiles of 8 and 5 (4s and 1); inner dimension in two chunks
     (16, 128, 128),
-    (7, 600, 40),  # three chunks of the inner dimension and an edge panel
+    (7, 600, 40),  # tiles of 7 (4 and 3), three chunks of the inner dimension, an edge panel
     (64, 1024, 96),
 ]
 
