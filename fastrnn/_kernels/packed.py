@@ -230,7 +230,7 @@ def _tile_rows(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, r
 
 @jit_helper
 def _few_rows_two_panels(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset, count, rows, panel_stride):
-    """``_tile_rows`` over two adjacent panels, for fewer than 4 rows."""
+    """``_tile_rows`` over two adjacent panels, for one or two rows."""
     done = 0
     while done < rows:
         c_at = c_offset + done * ldc
