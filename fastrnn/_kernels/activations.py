@@ -13,8 +13,8 @@ They are compiled as functions of their own, called from the kernels' loops, and
 caller's fastmath flags and error model. LLVM inlines them before it vectorises those
 loops, so the vector code is the same as with numba inlining them into each caller's IR,
 which re-types the body at every call site: that made an LSTM's first forward and
-backward from an empty cache take 11.8 s instead of 8.3 s, and numba's inliner warned
-about its own IR.
+backward from an empty cache take 12.0 s instead of 10.0 s (medians of alternated runs),
+and numba's inliner warned about its own IR.
 """
 
 import math
