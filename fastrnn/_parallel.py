@@ -43,7 +43,11 @@ _workqueue_lock = threading.Lock()
 
 
 def set_num_threads(n: int) -> None:
-    """Use at most ``n`` threads for fastrnn's parallel work (default and ceiling: NUMBA_NUM_THREADS)."""
+    """Use at most ``n`` threads for fastrnn's parallel work (default and ceiling: NUMBA_NUM_THREADS).
+
+    With ``n = 1`` fastrnn's BLAS calls run on one thread as well, for the length of each
+    layer call: the setting for several processes or threads that share the cores.
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive int, got {n!r}")
@@ -109,10 +113,17 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
     """Call a layer kernel: ``serial`` on this thread when ``pieces`` is 0, else ``parallel``.
 
     Both take ``*args`` followed by the number of pieces per direction and whether BLAS
-    is held to one thread.
+    is held to one thread: always for ``parallel``, and for ``serial`` when fastrnn may
+    use only one thread.
     """
     if not pieces:
-        serial(*args, 1, False)
+        if _num_threads == 1:
+            # One thread means one core, BLAS included: a pool left at one thread per core
+            # keeps spinning after each call, on the core another process or thread needs.
+            with blas_single_threaded():
+                serial(*args, 1, True)
+        else:
+            serial(*args, 1, False)
         return
     threading_layer()
     # numba's thread count is per calling thread, so concurrent callers do not clash; the

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import _parallel
 from fastrnn._kernels.blas import openblas
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
@@ -71,6 +72,28 @@ def _states(value):
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize(("cell", "options"), GATED_CASES, ids=[f"{c}-{o}" for c, o in GATED_CASES])
 def test_parallel_gated_cells_match_reference(cell, options, batch, parallel_engine):
+    _check_against_reference(cell, options, batch)
+    if options.get("bidirectional") or batch > 1:
+        assert parallel_engine, "the parallel path was not taken"
+
+
+ONE_THREAD_CASES = [("RNN", {"num_layers": 2, "bidirectional": True}), ("RNN", {"nonlinearity": "relu"}),
+                    *GATED_CASES]
+
+
+@pytest.mark.parametrize(("cell", "options"), ONE_THREAD_CASES, ids=[f"{c}-{o}" for c, o in ONE_THREAD_CASES])
+def test_one_thread_matches_reference(cell, options):
+    # With one thread the serial kernels are told that BLAS runs on one thread, which
+    # changes how they cut their products (the Elman one projects step by step).
+    original = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(1)
+    try:
+        _check_against_reference(cell, options, batch=5)
+    finally:
+        fastrnn.set_num_threads(original)
+
+
+def _check_against_reference(cell, options, batch):
     fast = getattr(fastrnn, cell)(4, 5, dtype=np.float64, seed=0, **options)
     slow = getattr(fastrnn.reference, cell)(4, 5, dtype=np.float64, seed=0, **options)
     rng = np.random.default_rng(1)
@@ -86,8 +109,6 @@ def test_parallel_gated_cells_match_reference(cell, options, batch, parallel_eng
     fast.eval()
     inference_output, _ = fast(x)
 
-    if fast.bidirectional or batch > 1:
-        assert parallel_engine, "the parallel path was not taken"
     tolerance = {"rtol": 1e-10, "atol": 1e-12}
     np.testing.assert_allclose(output, expected_output, **tolerance)
     np.testing.assert_allclose(inference_output, expected_output, **tolerance)
@@ -107,6 +128,32 @@ def test_blas_thread_setting_is_restored(parallel_engine):
     run_layer(fast, make_problem(config, np.float32, steps=4, batch=4))
     assert parallel_engine
     assert openblas.scipy_openblas_get_num_threads64_() == before
+
+
+def _blas_threads_seen_by_the_kernel(monkeypatch, fastrnn_threads):
+    """(BLAS threads during a serial layer kernel, the kernel's flag for it, BLAS threads after)."""
+    seen = []
+
+    def serial(pieces, blas_single_threaded):
+        seen.append((openblas.scipy_openblas_get_num_threads64_(), blas_single_threaded))
+
+    monkeypatch.setattr(_parallel, "_num_threads", fastrnn_threads)
+    before = openblas.scipy_openblas_get_num_threads64_()
+    openblas.scipy_openblas_set_num_threads64_(2)
+    try:
+        _parallel.run_kernel(serial, None, 0)
+        after = openblas.scipy_openblas_get_num_threads64_()
+    finally:
+        openblas.scipy_openblas_set_num_threads64_(before)
+    return (*seen[0], after)
+
+
+def test_one_thread_holds_blas_to_one_thread_for_the_call(monkeypatch):
+    assert _blas_threads_seen_by_the_kernel(monkeypatch, 1) == (1, True, 2)
+
+
+def test_more_threads_leave_blas_as_it_is_on_the_serial_path(monkeypatch):
+    assert _blas_threads_seen_by_the_kernel(monkeypatch, 2) == (2, False, 2)
 
 
 # Runs one layer kernel in a fresh interpreter and reports what numba did.
