@@ -215,7 +215,11 @@ class _Stack(_FastrnnModule):
             is_batched = input.dim() == 3
             x = input if is_batched else input.unsqueeze(0 if batch_first else 1)
             if hx is None:
-                self.check_input(x, None)
+                # torch's check_input judges dtype, dimensions and input size; _prepare has
+                # matched the dtypes and x is 3-D here, so only the size is left to look at,
+                # and torch's own check runs (and raises its own error) when it is wrong.
+                if x.shape[-1] != self.input_size:
+                    self.check_input(x, None)
             else:
                 hx = self._batched_hx(hx, is_batched)
                 self.check_forward_args(x, hx, None)
