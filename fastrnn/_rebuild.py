@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ._stack import KernelArrays
+
 # Each kind's constructor arguments besides ``dtype`` and ``seed``, in the constructor's order.
 _LAYER_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 CONSTRUCTOR_ARGS: dict[str, tuple[str, ...]] = {
@@ -121,6 +123,6 @@ def restore_pickle_state(module: Any, state: dict[str, Any]) -> None:
         raise ValueError(f"cannot unpickle this {type(module).__name__}: parameters "
                          f"{sorted(expected.keys() - parameters.keys())} are missing")
     # The unpickled arrays belong to this module alone, so they are kept rather than copied.
-    module._params = {name: parameters[name] for name in expected}
+    module._params = KernelArrays((name, parameters[name]) for name in expected)
     module.training = state["training"]
     module.generator = state["generator"]

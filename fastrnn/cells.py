@@ -78,8 +78,25 @@ class _Cell(Parameters):
         return f"{type(self).__name__}({', '.join(extras)})"
 
     def _by_layer_names(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The same arrays under the layer's names, so the engines read and accumulate into them."""
-        return {self._layer_names[name]: array for name, array in arrays.items()}
+        """The same arrays under the layer's names, so the engines read and accumulate into them.
+
+        For a ``KernelArrays`` (the cell's own parameters and gradients) the renamed dict is
+        kept in it while its entries stay the same arrays, so the engine's byte pairs kept
+        in the renamed dict serve the next call too.
+        """
+        kept = arrays.__dict__ if type(arrays) is _stack.KernelArrays else None
+        if kept is not None:
+            renamed = kept.get("by_layer_names")
+            if renamed is not None and len(renamed) == len(arrays):
+                for name, array in arrays.items():
+                    if renamed.get(self._layer_names.get(name)) is not array:
+                        break
+                else:
+                    return renamed
+        renamed = _stack.KernelArrays((self._layer_names[name], array) for name, array in arrays.items())
+        if kept is not None:
+            kept["by_layer_names"] = renamed
+        return renamed
 
     def _check_input(self, x: Any) -> np.ndarray:
         array = as_array("input", x, self.dtype, self._owner_name)

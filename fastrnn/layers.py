@@ -43,11 +43,11 @@ class Parameters:
         self.dtype = check_dtype(dtype)
         self.generator = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(spec.hidden_size)
-        self._params = {
-            name: self.generator.uniform(-bound, bound, size=shape).astype(self.dtype)
+        self._params = _stack.KernelArrays(
+            (name, self.generator.uniform(-bound, bound, size=shape).astype(self.dtype))
             for name, shape in self._parameter_shapes().items()
-        }
-        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+        )
+        self.grads = _stack.KernelArrays((name, np.zeros_like(value)) for name, value in self._params.items())
         self.training = True
 
     def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:

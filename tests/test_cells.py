@@ -354,6 +354,26 @@ def test_gradients_accumulate_in_place_until_zero_grad(module, kind):
     assert not any(grad.any() for grad in cell.grads.values())
 
 
+@KINDS
+def test_a_replaced_gradient_array_takes_the_next_backward(kind):
+    # As for the layers: the kernels' views of a cell's gradient arrays are kept between
+    # calls, and an entry the caller replaced must take the next backward.
+    _, cell = make_cells(kind, fastrnn, np.float64)
+    loop = make_loop(kind, np.float64)
+    call(cell, loop.xs[0], loop.initial)
+    differentiate(cell, loop.grads[0])
+    once = {name: grad.copy() for name, grad in cell.grads.items()}
+    old = cell.grads["weight_hh"]
+    cell.grads["weight_hh"] = np.zeros_like(old)
+
+    call(cell, loop.xs[0], loop.initial)
+    differentiate(cell, loop.grads[0])
+
+    np.testing.assert_array_equal(old, once["weight_hh"])
+    np.testing.assert_allclose(cell.grads["weight_hh"], once["weight_hh"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(cell.grads["weight_ih"], 2 * once["weight_ih"], rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------- gradient checks
 
 

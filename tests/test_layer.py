@@ -133,6 +133,48 @@ def test_zero_grad_keeps_the_gradient_arrays():
     assert all(layer.grads[name] is array for name, array in arrays.items())
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_a_replaced_gradient_array_takes_the_next_backward(cell):
+    # The kernels' views of the gradient arrays are kept between calls; an entry of grads
+    # replaced by the caller must be the one the next backward accumulates into.
+    config = Config(num_layers=2, bidirectional=True)
+    options = {key: value for key, value in vars(config).items() if cell == "RNN" or key != "nonlinearity"}
+    layer = getattr(fastrnn, cell)(**options, dtype=np.float64, seed=0)
+    problem = make_problem(config, np.float64)
+    grad_state = problem.grad_h_n if cell != "LSTM" else (problem.grad_h_n, None)
+    layer(problem.x)
+    layer.backward(problem.grad_output, grad_state)
+    once = {name: grad.copy() for name, grad in layer.grads.items()}
+    name = "weight_hh_l1_reverse"
+    old = layer.grads[name]
+    layer.grads[name] = np.zeros_like(old)
+
+    layer(problem.x)
+    layer.backward(problem.grad_output, grad_state)
+
+    np.testing.assert_array_equal(old, once[name])
+    np.testing.assert_allclose(layer.grads[name], once[name], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.grads["weight_hh_l0"], 2 * once["weight_hh_l0"], rtol=1e-12, atol=1e-14)
+
+
+def test_copies_of_a_layer_share_no_kept_kernel_arrays():
+    import copy
+    import pickle
+
+    layer = fastrnn.LSTM(4, 6, seed=0)
+    x = random_array((3, 2, 4), np.float32, 1)
+    expected, _ = layer(x, requires_grad=False)
+    twin = copy.deepcopy(layer)
+    twin.load_state_dict({name: np.zeros_like(value) for name, value in layer.state_dict().items()})
+
+    output, _ = layer(x, requires_grad=False)
+    twin_output, _ = twin(x, requires_grad=False)
+
+    np.testing.assert_array_equal(output, expected)
+    assert not twin_output.any()
+    assert pickle.loads(pickle.dumps(layer.grads)).__dict__ == {}
+
+
 @LAYER_CLASSES
 def test_train_and_eval_toggle_training(layer_class):
     layer = layer_class(4, 6)

@@ -61,7 +61,7 @@ def prepare_parameters(owner: torch.nn.Module, cell: str, names: Sequence[str],
     """Check ``params`` (named ``names``, torch's names) and keep them as ``owner``'s, for
     ``cached_parameters`` to return while they match."""
     spec, arrays = spec_from_params({name: _as_array(param) for name, param in zip(names, params, strict=True)}, cell)
-    prepared = PreparedParameters(_parameters_key(params), spec, arrays)
+    prepared = PreparedParameters(_parameters_key(params), spec, _stack.KernelArrays(arrays))
     _prepared[owner] = prepared
     return prepared
 
