@@ -113,15 +113,17 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
     """Call a layer kernel: ``serial`` on this thread when ``pieces`` is 0, else ``parallel``.
 
     Both take ``*args`` followed by the number of pieces per direction and whether BLAS
-    is held to one thread: always for ``parallel``, and for ``serial`` when fastrnn may
-    use only one thread.
+    is held to one thread for the kernel to plan with (True for ``parallel``). With
+    fastrnn at one thread BLAS is held to one for ``serial`` too, which is told False.
     """
     if not pieces:
         if _num_threads == 1:
             # One thread means one core, BLAS included: a pool left at one thread per core
             # keeps spinning after each call, on the core another process or thread needs.
+            # The kernel is told BLAS may use threads, as on the default path, so that it
+            # cuts its products the same way and gives the same results bit for bit.
             with blas_single_threaded():
-                serial(*args, 1, True)
+                serial(*args, 1, False)
         else:
             serial(*args, 1, False)
         return
