@@ -55,8 +55,32 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads fastrnn's parallel work may use."""
-    return _num_threads
+    """The number of threads fastrnn's parallel work may use (on this thread, within ``thread_limit``)."""
+    limit = _calling_thread.limit
+    return _num_threads if limit is None else min(_num_threads, limit)
+
+
+class _CallingThread(threading.local):
+    limit: int | None = None  # a class default: no exception to catch on a thread that never set one
+
+
+_calling_thread = _CallingThread()
+
+
+@contextmanager
+def thread_limit(n: int) -> Iterator[None]:
+    """At most ``n`` threads for the fastrnn calls made on this thread inside the block.
+
+    ``fastrnn.torch`` runs its calls under torch's own thread count, so that a process that
+    gave torch one thread (``torchrun`` does, with several processes per machine) gets one
+    from fastrnn too, BLAS included, as with ``set_num_threads(1)``.
+    """
+    previous = _calling_thread.limit
+    _calling_thread.limit = n if previous is None else min(n, previous)
+    try:
+        yield
+    finally:
+        _calling_thread.limit = previous
 
 
 @contextmanager
@@ -116,8 +140,9 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
     is held to one thread for the kernel to plan with (True for ``parallel``). With
     fastrnn at one thread BLAS is held to one for ``serial`` too, which is told False.
     """
+    threads = get_num_threads()
     if not pieces:
-        if _num_threads == 1:
+        if threads == 1:
             # One thread means one core, BLAS included: a pool left at one thread per core
             # keeps spinning after each call, on the core another process or thread needs.
             # The kernel is told BLAS may use threads, as on the default path, so that it
@@ -131,7 +156,7 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
     # numba's thread count is per calling thread, so concurrent callers do not clash; the
     # caller's own setting is restored for its own numba code.
     callers_threads = numba.get_num_threads()
-    numba.set_num_threads(_num_threads)
+    numba.set_num_threads(threads)
     try:
         with blas_single_threaded(), _workqueue_lock if _layer_serialises else nullcontext():
             parallel(*args, pieces, True)

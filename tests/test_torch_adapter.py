@@ -668,6 +668,49 @@ def test_distributed_data_parallel_matches_one_process(tmp_path):
         torch.testing.assert_close(actual[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell"])
+def test_modules_use_no_more_threads_than_torch(name, parallel_engine):
+    # Layers this small are pushed onto the threads by the fixture; with torch at one
+    # thread (as torchrun leaves each of several processes) fastrnn.torch must stay on one.
+    module = getattr(ft, name)(INPUT, HIDDEN)
+    x = torch.randn(BATCH, INPUT) if name.endswith("Cell") else torch.randn(STEPS, BATCH, INPUT)
+    original = torch.get_num_threads()
+
+    def step():
+        output = module(x)
+        output = output[0] if isinstance(output, tuple) else output
+        output.sum().backward()
+
+    try:
+        torch.set_num_threads(1)
+        step()
+        on_one_thread = len(parallel_engine)
+        torch.set_num_threads(2)
+        step()
+    finally:
+        torch.set_num_threads(original)
+    assert on_one_thread == 0
+    assert len(parallel_engine) > 0  # the same calls on torch's two threads run in pieces
+    assert fastrnn.get_num_threads() == 2
+
+
+def test_thread_limit_applies_to_the_calling_thread_only():
+    import threading
+
+    from fastrnn import _parallel
+
+    original = fastrnn.get_num_threads()
+    seen = []
+    with _parallel.thread_limit(1):
+        worker = threading.Thread(target=lambda: seen.append(fastrnn.get_num_threads()))
+        worker.start()
+        worker.join()
+        with _parallel.thread_limit(3):
+            inner = fastrnn.get_num_threads()
+        assert fastrnn.get_num_threads() == 1
+    assert (inner, seen, fastrnn.get_num_threads()) == (1, [original], original)
+
+
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **env}, timeout=600)

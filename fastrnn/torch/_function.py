@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .. import _stack
+from .. import _parallel, _stack
 from .._frontend import run_backward, run_forward
 from .._spec import StackSpec
 from .._validation import spec_from_params
@@ -101,7 +101,12 @@ class StackCall:
         )
 
     def backward(self, saved, grad_output: np.ndarray, grad_state):
-        """``(grad_x, grad_initials, param_grads)``, ``grad_initials`` one array per state."""
+        """``(grad_x, grad_initials, param_grads)``, ``grad_initials`` one array per state,
+        on no more threads than torch's (autograd may run this on a thread of its own)."""
+        threads = torch.get_num_threads()
+        if threads < _parallel.get_num_threads():
+            with _parallel.thread_limit(threads):
+                return run_backward(saved, grad_output, grad_state, None)
         return run_backward(saved, grad_output, grad_state, None)
 
 
@@ -206,8 +211,18 @@ def run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | 
     """``(output, finals)`` of one fastrnn call on tensors, differentiable when autograd needs it.
 
     With grad mode off (``no_grad``, ``inference_mode``) or nothing requiring grad, the
-    kernels run their inference path and keep no per-step state.
+    kernels run their inference path and keep no per-step state. The kernels use no more
+    threads than torch's own ``torch.get_num_threads()``, as torch's modules would.
     """
+    threads = torch.get_num_threads()
+    if threads < _parallel.get_num_threads():
+        with _parallel.thread_limit(threads):
+            return _run_stack(call, x, states, params)
+    return _run_stack(call, x, states, params)
+
+
+def _run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None],
+               params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     if torch.is_grad_enabled():
         tracked = [x, *(state for state in states if state is not None), *params]
         if any(tensor.requires_grad for tensor in tracked):
