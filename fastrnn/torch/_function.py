@@ -103,11 +103,16 @@ class StackCall:
     def backward(self, saved, grad_output: np.ndarray, grad_state):
         """``(grad_x, grad_initials, param_grads)``, ``grad_initials`` one array per state,
         on no more threads than torch's (autograd may run this on a thread of its own)."""
-        threads = torch.get_num_threads()
-        if threads < _parallel.get_num_threads():
-            with _parallel.thread_limit(threads):
-                return run_backward(saved, grad_output, grad_state, None)
-        return run_backward(saved, grad_output, grad_state, None)
+        return on_torch_threads(run_backward, saved, grad_output, grad_state, None)
+
+
+def on_torch_threads(function, *args):
+    """``function(*args)`` on no more of fastrnn's threads than ``torch.get_num_threads()``."""
+    threads = torch.get_num_threads()
+    if threads < _parallel.get_num_threads():
+        with _parallel.thread_limit(threads):
+            return function(*args)
+    return function(*args)
 
 
 def _as_array(tensor: torch.Tensor) -> np.ndarray:
@@ -214,11 +219,7 @@ def run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | 
     kernels run their inference path and keep no per-step state. The kernels use no more
     threads than torch's own ``torch.get_num_threads()``, as torch's modules would.
     """
-    threads = torch.get_num_threads()
-    if threads < _parallel.get_num_threads():
-        with _parallel.thread_limit(threads):
-            return _run_stack(call, x, states, params)
-    return _run_stack(call, x, states, params)
+    return on_torch_threads(_run_stack, call, x, states, params)
 
 
 def _run_stack(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None],
