@@ -142,14 +142,11 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
     """
     threads = get_num_threads()
     if not pieces:
-        if threads == 1:
-            # One thread means one core, BLAS included: a pool left at one thread per core
-            # keeps spinning after each call, on the core another process or thread needs.
-            # The kernel is told BLAS may use threads, as on the default path, so that it
-            # cuts its products the same way and gives the same results bit for bit.
-            with blas_single_threaded():
-                serial(*args, 1, False)
-        else:
+        # One thread means one core, BLAS included: a pool left at one thread per core
+        # keeps spinning after each call, on the core another process or thread needs.
+        # The kernel is told BLAS may use threads, as on the default path, so that it
+        # cuts its products the same way and gives the same results bit for bit.
+        with blas_single_threaded() if threads == 1 else nullcontext():
             serial(*args, 1, False)
         return
     threading_layer()
