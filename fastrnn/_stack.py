@@ -103,7 +103,8 @@ def _pairs(spec: StackSpec, layer: int, arrays, flat, absent) -> dict[str, tuple
     With a ``KernelArrays`` the result is kept in it (see there).
     """
     kind_names = spec.kind_names(layer)
-    kept = arrays.__dict__.setdefault("kernel_pairs", {}) if type(arrays) is KernelArrays else None
+    keeps = type(arrays) is KernelArrays
+    kept = arrays.__dict__.get("kernel_pairs") if keeps else None
     if kept is not None:
         entry = kept.get((layer, flat))
         if entry is not None:
@@ -120,12 +121,12 @@ def _pairs(spec: StackSpec, layer: int, arrays, flat, absent) -> dict[str, tuple
     for kind in _OPTIONAL_KINDS:
         if kind not in pairs:
             pairs[kind] = absent[kind]
-    if kept is not None:
+    if keeps:
         sources = tuple((name, arrays[name]) for names in kind_names.values() for name in names)
         # Only views can be kept: a copy (of an array that is not C-contiguous and
         # writable) would miss later changes to the array it was copied from.
         if all(source.flags.c_contiguous and source.flags.writeable for _, source in sources):
-            kept[(layer, flat)] = (sources, pairs)
+            arrays.__dict__.setdefault("kernel_pairs", {})[(layer, flat)] = (sources, pairs)
     return pairs
 
 
