@@ -149,13 +149,23 @@ def run_kernel(serial: Callable[..., None], parallel: Callable[..., None], piece
         with blas_single_threaded() if threads == 1 else nullcontext():
             serial(*args, 1, False)
         return
+    with numba_threads(threads), blas_single_threaded():
+        parallel(*args, pieces, True)
+
+
+@contextmanager
+def numba_threads(threads: int) -> Iterator[None]:
+    """Run the block's parallel numba kernels on ``threads`` of numba's threads.
+
+    numba's thread count is per calling thread, so concurrent callers do not clash; the
+    caller's own setting is restored for its own numba code. With ``workqueue`` callers
+    take turns.
+    """
     threading_layer()
-    # numba's thread count is per calling thread, so concurrent callers do not clash; the
-    # caller's own setting is restored for its own numba code.
     callers_threads = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        with blas_single_threaded(), _workqueue_lock if _layer_serialises else nullcontext():
-            parallel(*args, pieces, True)
+        with _workqueue_lock if _layer_serialises else nullcontext():
+            yield
     finally:
         numba.set_num_threads(callers_threads)

@@ -315,3 +315,75 @@ def test_callers_numba_thread_count_is_restored(parallel_engine):
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def _counted_row_gathers(monkeypatch) -> list:
+    """Send every pack and unpack of a reordered batch through the threaded row gather,
+    counting its calls."""
+    from fastrnn import _schedule
+    from fastrnn._kernels import rows
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    calls = []
+    threaded = rows.take_rows
+
+    def counted(*args):
+        calls.append(numba.get_num_threads())
+        return threaded(*args)
+
+    monkeypatch.setattr(_schedule, "PARALLEL_TAKE_BYTES", 0)
+    monkeypatch.setattr(rows, "take_rows", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_threaded_pack_and_unpack_move_each_row_where_it_belongs(dtype, monkeypatch):
+    from fastrnn._schedule import Schedule
+
+    calls = _counted_row_gathers(monkeypatch)
+    rng = np.random.default_rng(11)
+    steps, batch, width = 9, 7, 5
+    lengths = rng.integers(0, steps + 1, size=batch)
+    lengths[:2] = [steps, 0]
+    schedule = Schedule.of_lengths(lengths, steps)
+    padded = rng.standard_normal((steps, batch, width)).astype(dtype)
+    # The packed layout, written out step by step: step t holds the sequences longer than
+    # t, longest first, equal lengths in the caller's order.
+    order = sorted(range(batch), key=lambda b: -lengths[b])
+    expected_packed = np.array([padded[t, b] for t in range(steps) for b in order if lengths[b] > t])
+
+    packed = schedule.pack(padded)
+
+    np.testing.assert_array_equal(packed, expected_packed)
+    result = schedule.packed_array(width, dtype)
+    result[: schedule.total] = expected_packed
+    unpacked = schedule.unpack(result)
+    expected_padded = np.where((np.arange(steps)[:, None] < lengths)[..., None], padded, 0)
+    np.testing.assert_array_equal(unpacked, expected_padded)
+    assert calls == [2, 2], "both gathers should have run on fastrnn's two threads"
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_threaded_row_gathers_give_the_same_bits_as_numpy(cell, monkeypatch):
+    from fastrnn.bench import LAYER_CLASSES
+
+    layer = getattr(fastrnn, LAYER_CLASSES[cell])(4, 6, num_layers=2, bidirectional=True, seed=3, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 5, 4))
+    lengths = np.array([3, 8, 0, 5, 8])
+    grad_output = rng.standard_normal((8, 5, 12))
+
+    def run():
+        output, _ = layer(x, lengths=lengths)
+        grad_x, _ = layer.backward(grad_output)
+        return output.copy(), grad_x
+
+    expected = run()  # every gather below the threshold: np.take
+    calls = _counted_row_gathers(monkeypatch)
+    results = run()
+
+    assert len(calls) == 4, "pack and unpack, forward and backward, should have run threaded"
+    for result, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(result, want)
