@@ -26,7 +26,8 @@ def _take_rows(source: np.ndarray, indices: np.ndarray, out: np.ndarray) -> np.n
     dtype and width, with indices known to be valid."""
     threads = _parallel.get_num_threads()
     if threads > 1 and out.nbytes >= PARALLEL_TAKE_BYTES:
-        from ._kernels.rows import take_rows  # compiled on the first variable-length call that needs it
+        # Imported here: calls without lengths never need its dispatcher (it compiles on first call).
+        from ._kernels.rows import take_rows
 
         with _parallel.numba_threads(threads):
             take_rows(source.view(np.uint8), indices, out.view(np.uint8))

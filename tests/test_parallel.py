@@ -361,15 +361,13 @@ def test_threaded_pack_and_unpack_move_each_row_where_it_belongs(dtype, monkeypa
     unpacked = schedule.unpack(result)
     expected_padded = np.where((np.arange(steps)[:, None] < lengths)[..., None], padded, 0)
     np.testing.assert_array_equal(unpacked, expected_padded)
-    assert calls == [2, 2], "both gathers should have run on fastrnn's two threads"
+    assert calls == [fastrnn.get_num_threads()] * 2, "both gathers should have run on fastrnn's threads"
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_threaded_row_gathers_give_the_same_bits_as_numpy(cell, monkeypatch):
-    from fastrnn.bench import LAYER_CLASSES
-
-    layer = getattr(fastrnn, LAYER_CLASSES[cell])(4, 6, num_layers=2, bidirectional=True, seed=3, dtype=np.float64)
+@pytest.mark.parametrize("layer_name", ["RNN", "LSTM", "GRU"])
+def test_threaded_row_gathers_give_the_same_bits_as_numpy(layer_name, monkeypatch):
+    layer = getattr(fastrnn, layer_name)(4, 6, num_layers=2, bidirectional=True, seed=3, dtype=np.float64)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 5, 4))
     lengths = np.array([3, 8, 0, 5, 8])
