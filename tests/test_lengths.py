@@ -218,6 +218,36 @@ def test_full_lengths_equal_no_lengths(module, kind):
 
 
 @EACH_KIND
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero_hx", "hx"])
+def test_one_layer_route_gives_the_stacking_loops_bits(kind, bidirectional, with_hx, monkeypatch):
+    # A one-layer call without lengths skips the stacking loop; full lengths go through it.
+    # Both must give the same bits, forward, backward and in inference.
+    config = vary(kind, bidirectional=bidirectional)
+    layer, _ = make_layers(config, np.float32)
+    problem = make_problem(config, np.float32, steps=STEPS, batch=BATCH, with_hx=with_hx)
+    routed = []
+    one_layer = fastrnn._stack._forward_one_layer
+    monkeypatch.setattr(fastrnn._stack, "_forward_one_layer", lambda *args: routed.append(1) or one_layer(*args))
+
+    through_loop = run_with_lengths(layer, problem, [STEPS] * BATCH)
+    assert not routed
+    direct = run_layer(layer, problem)
+    assert len(routed) == 1
+    assert direct.keys() == through_loop.keys()
+    for name, value in direct.items():
+        np.testing.assert_array_equal(value, through_loop[name], err_msg=name)
+
+    layer.eval()
+    looped_output, looped_finals = layer(problem.x, problem.hx, lengths=[STEPS] * BATCH)
+    output, finals = layer(problem.x, problem.hx)
+    assert len(routed) == 2
+    np.testing.assert_array_equal(output, looped_output)
+    for final, looped in zip(as_states(finals), as_states(looped_finals), strict=True):
+        np.testing.assert_array_equal(final, looped)
+
+
+@EACH_KIND
 @MODULES
 def test_gradient_at_padded_steps_is_ignored(module, kind):
     config = vary(kind, num_layers=2, bidirectional=True, batch_first=True)
