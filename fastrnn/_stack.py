@@ -18,7 +18,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import _stacking
+from . import _scratch, _stacking
 from ._kernels.native import BACKWARD, FORWARD, ensure_compiled
 from ._parallel import get_num_threads
 from ._schedule import Schedule
@@ -34,14 +34,6 @@ INFERENCE_CHUNK_STEPS = 64
 # 1.6M, two threads were no faster than one; at (100, 8, 128), 13M, they were 1.1-1.5x faster.
 PARALLEL_RECURRENCE_WORK = 4_000_000
 
-# In inference the hidden states of the layers below the top are thrown away after the
-# call, so each thread keeps their buffers for its next call. A fresh buffer costs a page
-# fault per 4 KiB page the first time the kernel writes it, whenever the allocator has
-# handed the memory back to the system: at (T, B, H) = (100, 16, 2x128), 800 faults took
-# a 2-layer bidirectional forward from 1.2-1.3 to 2.1-2.3 ms. Larger buffers are not
-# kept, so that memory stays bounded; their compute grows faster than their page count.
-SCRATCH_LIMIT_BYTES = 16 * 2**20
-_scratch = threading.local()
 
 _kernel_modules: dict[str, ModuleType] = {}
 _import_lock = threading.Lock()
@@ -200,20 +192,6 @@ class LayerCall:
     pieces: int
 
 
-def _scratch_array(slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised array that this thread reuses across calls, ``slot`` telling two apart."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes > SCRATCH_LIMIT_BYTES:
-        return np.empty(shape, dtype=dtype)
-    buffers = getattr(_scratch, "buffers", None)
-    if buffers is None:
-        buffers = _scratch.buffers = {}
-    buffer = buffers.get(slot)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = buffers[slot] = np.empty(nbytes, dtype=np.uint8)
-    return buffer[:nbytes].view(dtype).reshape(shape)
-
-
 _LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
@@ -238,6 +216,12 @@ def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden
     kernels_of(spec).forward(call, tuple([as_bytes(final) for final in finals]))
 
 
+def _hidden_slot(layer: int) -> int:
+    # In inference the hidden states of the layers below the top are thrown away after the
+    # call, so their buffers are the thread's: a layer reads the one below while it writes its own.
+    return _scratch.HIDDEN_ODD_LAYER if layer % 2 else _scratch.HIDDEN_EVEN_LAYER
+
+
 def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last, schedule):
     rows = layer_input.shape[0]
     width = spec.directions * spec.output_size
@@ -246,12 +230,12 @@ def forward_layer(spec, params, layer, layer_input, initial, finals, keep, last,
         # the batch: then it is only read once more, to unpack it, and a scratch array serves.
         scratch = None
         if schedule.zero_row and not keep:
-            scratch = _scratch_array(layer % 2, schedule.packed_shape(width), layer_input.dtype)
+            scratch = _scratch.array(_hidden_slot(layer), schedule.packed_shape(width), layer_input.dtype)
         hidden = schedule.packed_array(width, layer_input.dtype, scratch)
     elif keep:
         hidden = np.empty((rows, width), dtype=layer_input.dtype)
     else:
-        hidden = _scratch_array(layer % 2, (rows, width), layer_input.dtype)
+        hidden = _scratch.array(_hidden_slot(layer), (rows, width), layer_input.dtype)
     saved = {}
     if keep:
         saved = {
@@ -304,7 +288,7 @@ def forward(spec, x, initial, params, dropout, training, requires_grad, generato
     # Only training keeps the packed input (for backward); inference packs into scratch.
     scratch = None
     if not requires_grad and schedule.order is not None:
-        scratch = _scratch_array(2, (schedule.total, x.shape[-1]), x.dtype)
+        scratch = _scratch.array(_scratch.PACKED_INPUT, (schedule.total, x.shape[-1]), x.dtype)
     packed = schedule.pack(x, scratch)
     initial = tuple(schedule.to_rows(state) for state in initial)
     if not requires_grad and not use_dropout and spec.directions == 1 and spec.num_layers > 1:

@@ -9,6 +9,7 @@ of ``gate_width`` columns.
 import numpy as np
 from numba import carray
 
+from .. import _scratch
 from .._config import jit_helper
 from .blas import NO_TRANS, TRANS, gemm_at
 from .native import ARRAY, BACKWARD, INDEX, export
@@ -41,7 +42,13 @@ def inference_gates(call, gates: int) -> np.ndarray:
     nbytes = call.total * spec.directions * gates * spec.hidden_size * call.like.itemsize
     if call.pieces > 1 or nbytes > INFERENCE_PROJECTION_BYTES:
         return _EMPTY
-    return np.empty(nbytes, dtype=np.uint8)
+    return _scratch.array(_scratch.INFERENCE_GATES, nbytes, np.uint8)  # the projection overwrites it whole
+
+
+def gradient_buffer(call, name: str, slot: int) -> np.ndarray:
+    """An uninitialised buffer the size of the saved ``name``, for backward to fill and use
+    up within the call (``_scratch``'s ``slot``)."""
+    return _scratch.array(slot, saved_bytes(call, name).size, np.uint8)
 
 
 @jit_helper

@@ -22,13 +22,14 @@ the d-th block of columns of each.
 import numpy as np
 from numba import carray, prange
 
-from .. import _parallel
+from .. import _parallel, _scratch
 from .._config import jit, jit_parallel
 from .activations import sigmoid, tanh
 from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
     accumulate_product,
     column_sums,
+    gradient_buffer,
     inference_gates,
     input_gradient,
     packed_size,
@@ -392,6 +393,6 @@ def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -
         saved_bytes(call, "gates"), saved_bytes(call, "hidden_n"), grad_hidden, grad_finals[0], grad_initials[0],
         call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
-        grads["bias_hh"], spec.bias, grad_input, np.empty_like(saved_bytes(call, "gates")),
-        np.empty_like(saved_bytes(call, "hidden_n")),
+        grads["bias_hh"], spec.bias, grad_input, gradient_buffer(call, "gates", _scratch.GRADIENT_GATES),
+        gradient_buffer(call, "hidden_n", _scratch.GRADIENT_CANDIDATE),
     )

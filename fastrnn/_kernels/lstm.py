@@ -22,13 +22,14 @@ direction d owns the d-th block of columns of each.
 import numpy as np
 from numba import carray, prange
 
-from .. import _parallel
+from .. import _parallel, _scratch
 from .._config import jit, jit_parallel
 from .activations import sigmoid, tanh
 from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
     accumulate_product,
     column_sums,
+    gradient_buffer,
     inference_gates,
     input_gradient,
     packed_size,
@@ -456,5 +457,5 @@ def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -
         call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size, spec.output_size,
         spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
         grads["bias_ih"], grads["bias_hh"], grads["weight_hr"], spec.bias, grad_input,
-        np.empty_like(saved_bytes(call, "gates")),
+        gradient_buffer(call, "gates", _scratch.GRADIENT_GATES),
     )
