@@ -34,7 +34,6 @@ INFERENCE_CHUNK_STEPS = 64
 # 1.6M, two threads were no faster than one; at (100, 8, 128), 13M, they were 1.1-1.5x faster.
 PARALLEL_RECURRENCE_WORK = 4_000_000
 
-
 _kernel_modules: dict[str, ModuleType] = {}
 _import_lock = threading.Lock()
 
