@@ -15,6 +15,7 @@ grows faster than their page count.
 Each use has a slot of its own, so that buffers alive at the same time never share one.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -34,7 +35,10 @@ _kept = threading.local()
 
 def array(slot: int, shape: tuple[int, ...] | int, dtype) -> np.ndarray:
     """An uninitialised array that this thread reuses across calls (a fresh one when large)."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    # math.prod, not np.prod: this runs on every gated layer call, and np.prod of a short
+    # tuple took 6-7 µs on an AVX2 EPYC against 0.08 µs.
+    count = math.prod(shape) if isinstance(shape, tuple) else int(shape)
+    nbytes = count * np.dtype(dtype).itemsize
     if nbytes > LIMIT_BYTES:
         return np.empty(shape, dtype=dtype)
     buffers = getattr(_kept, "buffers", None)
