@@ -59,6 +59,16 @@ class Parameters:
             return params[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Assigning a parameter copies the values into the layer's own array, as
+        # load_state_dict does: an attribute of its own would hide that array, which the
+        # kernels go on reading, and the layer would silently compute with the old values.
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            self._copy_parameters_in({name: value})
+            return
+        object.__setattr__(self, name, value)
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters by torch's names and order. The arrays are the layer's own, like
         torch's tensors: updating them in place updates the layer."""
@@ -73,6 +83,16 @@ class Parameters:
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
         arrays = check_state_dict(self._parameter_shapes(), state_dict, self.dtype, self._owner_name)
+        for name, array in arrays.items():
+            np.copyto(self._params[name], array, casting="unsafe")
+
+    def _copy_parameters_in(self, values: Mapping[str, ArrayLike]) -> None:
+        """``load_state_dict`` for some of the parameters: each is checked, then copied in."""
+        shapes = self._parameter_shapes()
+        unknown = [name for name in values if name not in shapes]
+        if unknown:
+            raise ValueError(f"{self._owner_name} has no parameters {unknown}; its parameters are {list(shapes)}")
+        arrays = check_state_dict({name: shapes[name] for name in values}, values, self.dtype, self._owner_name)
         for name, array in arrays.items():
             np.copyto(self._params[name], array, casting="unsafe")
 

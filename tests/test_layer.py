@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 
 import numpy as np
@@ -46,6 +47,31 @@ def test_parameters_are_attributes_like_torch():
     assert [id(p) for p in layer.parameters()] == [id(p) for p in layer.state_dict().values()]
     with pytest.raises(AttributeError, match="weight_hh_l2"):
         layer.weight_hh_l2  # noqa: B018 - the attribute access is what is tested
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastrnn.RNN(3, 4, seed=0), lambda: reference.LSTM(3, 4, seed=0), lambda: fastrnn.GRUCell(3, 4, seed=0),
+], ids=["fastrnn_rnn", "reference_lstm", "fastrnn_gru_cell"])
+def test_assigning_a_parameter_copies_it_into_the_layer(make):
+    layer = make()
+    name = "weight_ih_l0" if hasattr(layer, "weight_ih_l0") else "weight_ih"
+    own = getattr(layer, name)
+    x = random_array((5, 3) if name == "weight_ih" else (5, 2, 3), np.float32, 0)
+    before = layer(x)
+    setattr(layer, name, np.zeros(own.shape, np.float64))  # cast to the layer's dtype, as load_state_dict does
+    assert getattr(layer, name) is own and layer.state_dict()[name] is own
+    assert not own.any()
+    twin = make()
+    twin.load_state_dict({**twin.state_dict(), name: np.zeros(own.shape)})
+    after, expected = layer(x), twin(x)
+    np.testing.assert_array_equal(after[0], expected[0])
+    assert not np.array_equal(after[0], before[0])
+    wrong = (own.shape[0] + 1, own.shape[1])
+    with pytest.raises(ValueError, match=re.escape(f"'{name}' expected shape {own.shape}, got {wrong}")):
+        setattr(layer, name, np.ones(wrong, np.float32))
+    assert not own.any()
+    layer.note = "other attributes are set as usual"
+    assert layer.note == "other attributes are set as usual"
 
 
 def test_hyper_parameters_are_exposed_like_torch():
