@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import _prepared
 from ._spec import StackSpec
 from ._validation import as_array, check_gradient_buffers, check_lengths
 
@@ -156,6 +157,11 @@ def run_forward(
     ``lengths`` (B values in [0, T], any order) gives each sequence's own length: the
     engines return torch's packed-sequence results, with zeros past each sequence's end.
     """
+    inference = not requires_grad and lengths is None
+    if inference:
+        result = _prepared.run(engine, spec, params, x, hx, batch_first)
+        if result is not None:
+            return result
     x_time_major, layout = _time_major_input(spec, x, dtype, batch_first)
     lengths = check_lengths(lengths, layout.batched, layout.steps, layout.batch)
     dtype = x_time_major.dtype
@@ -165,6 +171,8 @@ def run_forward(
     output, finals, state = engine.forward(
         spec, x_time_major, initial, params, dropout, training, requires_grad, generator, lengths
     )
+    if inference:
+        _prepared.prepare(engine, spec, params, x, hx, layout, dtype)
     saved = Saved(engine, spec, layout, dtype, state) if requires_grad else None
     output = layout.from_time_major(output)
     if saved is not None:

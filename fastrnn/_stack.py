@@ -194,7 +194,7 @@ class LayerCall:
 _LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
-def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule, stage: str
+def layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule, stage: str
                 ) -> LayerCall:
     total, features = layer_input.shape
     kernels_of(spec)
@@ -211,7 +211,7 @@ def _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedu
 
 
 def _run_forward_layer(spec, params, layer, layer_input, initial, finals, hidden, saved, schedule) -> None:
-    call = _layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule, FORWARD)
+    call = layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule, FORWARD)
     kernels_of(spec).forward(call, tuple([as_bytes(final) for final in finals]))
 
 
@@ -252,7 +252,7 @@ def backward_layer(spec, params, layer, layer_input, record, grad_hidden, grad_f
         grad_input = schedule.packed_array(layer_input.shape[1], dtype)
     else:
         grad_input = np.empty(layer_input.shape, dtype=dtype)
-    call = _layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule,
+    call = layer_call(spec, params, layer, layer_input, record.initial, record.hidden, record.saved, schedule,
                        BACKWARD)
     kernels_of(spec).backward(
         call, as_bytes(grad_hidden), tuple(as_bytes(grad) for grad in grad_finals),

@@ -459,15 +459,26 @@ def saved_widths(spec) -> dict[str, int]:
     return {}
 
 
-def forward(call, finals) -> None:
-    """Run one layer (a ``LayerCall``); ``finals`` is the (D, B, H) h_n of its directions."""
+def forward_arguments(call, finals) -> tuple:
+    """The forward kernels' arguments for one layer (a ``LayerCall``), but for the piece
+    count and BLAS flag that ``run_kernel`` adds; ``finals`` is the (D, B, H) h_n of its directions.
+
+    The call's own arrays (``layer_input``, each of ``initial``, ``hidden``) and each of
+    ``finals`` are placed as they are: a prepared inference call (``_prepared``) finds
+    them by identity, to put the next call's arrays in their places.
+    """
     spec, params = call.spec, call.params
-    _parallel.run_kernel(
-        forward_layer, forward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
+    return (
+        call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"],
         call.initial[0], call.hidden, call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch,
         call.total, spec.hidden_size, spec.kind.activation == "relu", finals[0],
     )
+
+
+def forward(call, finals) -> None:
+    """Run one layer (a ``LayerCall``); ``finals`` is the (D, B, H) h_n of its directions."""
+    _parallel.run_kernel(forward_layer, forward_layer_parallel, call.pieces, *forward_arguments(call, finals))
 
 
 def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
