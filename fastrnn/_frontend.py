@@ -157,11 +157,13 @@ def run_forward(
     ``lengths`` (B values in [0, T], any order) gives each sequence's own length: the
     engines return torch's packed-sequence results, with zeros past each sequence's end.
     """
-    inference = not requires_grad and lengths is None
-    if inference:
-        result = _prepared.run(engine, spec, params, x, hx, batch_first)
-        if result is not None:
-            return result
+    if lengths is None:
+        prepared = _prepared.run(engine, spec, params, x, hx, batch_first, requires_grad)
+        if prepared is not None:
+            output, finals, state, layout = prepared
+            if requires_grad:
+                return _read_only(output), finals, Saved(engine, spec, layout, output.dtype, state)
+            return output, finals, None
     x_time_major, layout = _time_major_input(spec, x, dtype, batch_first)
     lengths = check_lengths(lengths, layout.batched, layout.steps, layout.batch)
     dtype = x_time_major.dtype
@@ -171,16 +173,21 @@ def run_forward(
     output, finals, state = engine.forward(
         spec, x_time_major, initial, params, dropout, training, requires_grad, generator, lengths
     )
-    if inference:
-        _prepared.prepare(engine, spec, params, x, hx, layout, dtype)
+    if lengths is None:
+        _prepared.prepare(engine, spec, params, x, hx, layout, dtype, requires_grad)
     saved = Saved(engine, spec, layout, dtype, state) if requires_grad else None
     output = layout.from_time_major(output)
     if saved is not None:
-        # The output is the last layer's hidden states, which backward reads: writing to it
-        # would silently corrupt the gradients, so the caller gets a read-only view.
-        output = output.view()
-        output.flags.writeable = False
+        output = _read_only(output)
     return output, tuple([layout.from_time_major(final, sequence=False) for final in finals]), saved
+
+
+def _read_only(output: np.ndarray) -> np.ndarray:
+    # The output is the last layer's hidden states, which backward reads: writing to it
+    # would silently corrupt the gradients, so the caller gets a read-only view.
+    output = output.view()
+    output.flags.writeable = False
+    return output
 
 
 def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads: dict[str, np.ndarray] | None):
@@ -190,6 +197,9 @@ def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads:
             "backward needs the saved state returned by a forward with requires_grad=True, "
             f"got {type(saved).__name__}"
         )
+    result = _prepared.run_backward(saved, grad_output, grad_finals, grads)
+    if result is not None:
+        return result
     spec, layout = saved.spec, saved.layout
     expected = layout.sequence_shape(spec.directions * spec.output_size)
     grad = as_array("grad_output", grad_output, saved.dtype)
@@ -207,6 +217,7 @@ def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads:
     else:
         check_gradient_buffers(spec, grads, saved.dtype)
     grad_x, grad_initials = saved.engine.backward(saved.state, grad_time_major, grad_states, grads)
+    _prepared.prepare_backward(saved, grads)
     return (
         layout.from_time_major(grad_x),
         tuple(layout.from_time_major(grad, sequence=False) for grad in grad_initials),

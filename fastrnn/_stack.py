@@ -187,7 +187,7 @@ class LayerCall:
     params: dict[str, tuple[np.ndarray, np.ndarray]]
     initial: tuple[np.ndarray, ...]
     hidden: np.ndarray  # (total, D*P): written by forward, read by backward
-    saved: dict[str, np.ndarray]  # the cell's per-step buffers for backward; empty in inference
+    saved: dict[str, np.ndarray]  # the cell's per-step buffers for backward, as flat bytes; empty in inference
     pieces: int
 
 
@@ -205,7 +205,7 @@ def layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedul
         features=features,
         layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
         initial=tuple([as_bytes(state) for state in initial]), hidden=as_bytes(hidden),
-        saved={name: as_bytes(buffer) for name, buffer in saved.items()} if saved else {},
+        saved={name: as_bytes(buffer).reshape(-1) for name, buffer in saved.items()} if saved else {},
         pieces=pieces_per_direction(spec, total, schedule.batch),
     )
 
@@ -267,10 +267,12 @@ _stacked_forward = partial(_stacking.forward, _layers)
 
 
 @dataclass
-class _Record:
+class Record:
     schedule: Schedule
     stack: _stacking.StackRecord | None  # None when every sequence is empty
     input_size: int
+    # From a prepared forward (``_prepared``): its kernel arguments, for a prepared backward.
+    prepared: object = None
 
 
 def forward(spec, x, initial, params, dropout, training, requires_grad, generator, lengths):
@@ -282,7 +284,7 @@ def forward(spec, x, initial, params, dropout, training, requires_grad, generato
         # Every sequence is empty: nothing runs, each final state is its initial state.
         output = np.zeros((steps, batch, spec.directions * spec.output_size), dtype=x.dtype)
         finals = tuple(state.copy() for state in initial)
-        return output, finals, _Record(schedule, None, spec.input_size) if requires_grad else None
+        return output, finals, Record(schedule, None, spec.input_size) if requires_grad else None
     use_dropout = training and dropout > 0.0 and spec.num_layers > 1
     # Only training keeps the packed input (for backward); inference packs into scratch.
     scratch = None
@@ -297,7 +299,7 @@ def forward(spec, x, initial, params, dropout, training, requires_grad, generato
             spec, packed, initial, params, dropout, training, requires_grad, generator, schedule
         )
     finals = tuple(schedule.from_rows(final) for final in finals)
-    return schedule.unpack(output), finals, _Record(schedule, record, spec.input_size) if requires_grad else None
+    return schedule.unpack(output), finals, Record(schedule, record, spec.input_size) if requires_grad else None
 
 
 def _forward_one_layer(spec, x, initial, params, requires_grad):
@@ -318,10 +320,10 @@ def _forward_one_layer(spec, x, initial, params, requires_grad):
     if not requires_grad:
         return output, finals, None
     layers = [_stacking.LayerRecord(layer_input, hidden, initial, None, saved)]
-    return output, finals, _Record(schedule, _stacking.StackRecord(spec, params, layers, schedule), features)
+    return output, finals, Record(schedule, _stacking.StackRecord(spec, params, layers, schedule), features)
 
 
-def backward(record: _Record, grad_output, grad_finals, grads):
+def backward(record: Record, grad_output, grad_finals, grads):
     schedule = record.schedule
     if record.stack is None:
         grad_x = np.zeros((schedule.padded_steps, schedule.batch, record.input_size), dtype=grad_output.dtype)

@@ -63,10 +63,11 @@ class Parameters:
         # Assigning a parameter copies the values into the layer's own array, as
         # load_state_dict does: an attribute of its own would hide that array, which the
         # kernels go on reading, and the layer would silently compute with the old values.
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            self._copy_parameters_in({name: value})
-            return
+        if not name.startswith("_"):  # the layer's own state (``_saved`` at every forward) goes straight in
+            params = self.__dict__.get("_params")
+            if params is not None and name in params:
+                self._copy_parameters_in({name: value})
+                return
         object.__setattr__(self, name, value)
 
     def state_dict(self) -> dict[str, np.ndarray]:

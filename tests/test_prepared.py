@@ -30,9 +30,9 @@ def make(kind, **options):
 
 def general_route(layer, x, hx=None):
     """The call as the general route gives it, with no prepared call to take."""
-    layer._params.__dict__.pop("inference_calls", None)
+    layer._params.__dict__.pop("prepared_calls", None)
     output, finals = layer(x, hx)
-    layer._params.__dict__.pop("inference_calls", None)
+    layer._params.__dict__.pop("prepared_calls", None)
     return output, finals
 
 
@@ -113,7 +113,7 @@ def test_changes_to_the_parameters_are_seen(kind):
     x = np.random.default_rng(3).standard_normal((5, 2, 3)).astype(np.float32)
     layer(x)
     layer(x)
-    assert layer._params.__dict__["inference_calls"].calls
+    assert layer._params.__dict__["prepared_calls"].calls
 
     # In place: the prepared call passes views of the parameters.
     layer.weight_hh_l0 *= 0.5
@@ -230,10 +230,10 @@ def test_training_calls_and_lengths_take_the_general_route(general_route_forbidd
 def test_stacks_and_large_calls_are_not_prepared():
     stack = fastrnn.GRU(3, 5, num_layers=2, seed=0).eval()
     stack(np.ones((4, 2, 3), np.float32))
-    assert "inference_calls" not in stack._params.__dict__
+    assert "prepared_calls" not in stack._params.__dict__
     large = fastrnn.LSTM(64, 128, seed=0).eval()  # 100 * 8 * 4 * 128 * 128 multiply-adds: the threads may share it
     large(np.ones((100, 8, 64), np.float32))
-    assert "inference_calls" not in large._params.__dict__
+    assert "prepared_calls" not in large._params.__dict__
 
 
 def test_parameters_the_kernels_would_copy_are_not_prepared():
@@ -244,7 +244,7 @@ def test_parameters_the_kernels_would_copy_are_not_prepared():
     x = np.ones((4, 1, 3), np.float32)
     expected, _ = general_route(layer, x)
     layer(x)
-    assert "inference_calls" not in layer._params.__dict__
+    assert "prepared_calls" not in layer._params.__dict__
     wide[:, ::2] *= 2.0  # seen by the general route, which copies the view again each call
     assert not np.array_equal(layer(x)[0], expected)
 
@@ -271,7 +271,7 @@ def test_threads_get_prepared_calls_of_their_own():
     for thread in threads:
         thread.join()
     assert not failures
-    assert isinstance(layer._params.__dict__["inference_calls"], _prepared._PerThread)
+    assert isinstance(layer._params.__dict__["prepared_calls"], _prepared._PerThread)
 
 
 def test_cells_step_through_prepared_calls(general_route_forbidden, monkeypatch):
@@ -320,3 +320,189 @@ def numba_threads() -> int:
     import numba
 
     return int(numba.config.NUMBA_NUM_THREADS)
+
+
+# ---------------------------------------------------------------- training
+
+
+def training_step(layer, x, hx, grad_output, grad_state):
+    """Forward and backward, with the layer's gradients zeroed first: every result, by name."""
+    layer.zero_grad()
+    output, finals = layer(x, hx, requires_grad=True)
+    grad_x, grad_hx = layer.backward(grad_output, grad_state)
+    results = {"output": np.array(output), "grad_x": grad_x}
+    results.update({f"final_{i}": value for i, value in enumerate(states(finals))})
+    results.update({f"grad_hx_{i}": value for i, value in enumerate(states(grad_hx))})
+    results.update({f"grad_{name}": value.copy() for name, value in layer.grads.items()})
+    return results
+
+
+@pytest.fixture
+def general_route_only(monkeypatch):
+    """Runs a block on the general route only, forward and backward."""
+
+    def block():
+        context = monkeypatch.context()
+        patch = context.__enter__()
+        patch.setattr(_prepared, "run", lambda *args: None)
+        patch.setattr(_prepared, "run_backward", lambda *args: None)
+        return context
+
+    return block
+
+
+@pytest.fixture
+def general_backward_forbidden(monkeypatch):
+    def forbid(*args, **kwargs):
+        raise AssertionError("took the general route")
+
+    return lambda: monkeypatch.setattr(_stack, "backward", forbid)
+
+
+@EACH_KIND
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("with_states", [False, True], ids=["zero_states", "states"])
+def test_prepared_training_steps_give_the_general_routes_bits(
+    kind, layout, bidirectional, with_states, general_route_only, general_route_forbidden,
+    general_backward_forbidden,
+):
+    layer = make(kind, bidirectional=bidirectional, batch_first=layout == "batch_first")
+    layer.train()
+    batch = None if layout == "unbatched" else 3
+    shape = {"time_major": (6, 3, 3), "batch_first": (3, 6, 3), "unbatched": (6, 3)}[layout]
+    width = (2 if bidirectional else 1) * (layer.proj_size if kind == "lstm_proj" else 5)
+    rng = np.random.default_rng(20)
+    steps = []
+    for seed in range(3):
+        x = rng.standard_normal(shape).astype(np.float32)
+        grad_output = rng.standard_normal((*shape[:-1], width)).astype(np.float32)
+        hx = state_like(layer, batch, 30 + seed) if with_states else None
+        grad_state = state_like(layer, batch, 40 + seed) if with_states else None
+        steps.append((x, hx, grad_output, grad_state))
+    context = general_route_only()
+    expected = [training_step(layer, *step) for step in steps]
+    context.__exit__(None, None, None)
+
+    training_step(layer, *steps[0])  # prepares the forward and its backward
+    general_route_forbidden()
+    general_backward_forbidden()
+    for step, wanted in zip(steps, expected, strict=True):
+        results = training_step(layer, *step)
+        assert results.keys() == wanted.keys()
+        for name, value in results.items():
+            assert value.shape == wanted[name].shape, name
+            np.testing.assert_array_equal(value, wanted[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+def test_prepared_training_steps_match_torch_and_accumulate(kind):
+    torch = pytest.importorskip("torch")
+    layer = make(kind)
+    layer.train()
+    module = getattr(torch.nn, type(layer).__name__)(3, 5)
+    with torch.no_grad():
+        for name, value in layer.state_dict().items():
+            getattr(module, name).copy_(torch.from_numpy(value))
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((7, 2, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((7, 2, 5)).astype(np.float32)
+    layer.zero_grad()
+    for _ in range(3):  # the first call prepares; the gradients add up over the three
+        output, _ = layer(x)
+        grad_x, _ = layer.backward(grad_output)
+    x_tensor = torch.from_numpy(x).requires_grad_()
+    torch_output, _ = module(x_tensor)
+    (torch_output * torch.from_numpy(grad_output)).sum().backward()
+    np.testing.assert_allclose(output, torch_output.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_x, x_tensor.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for name, value in layer.grads.items():
+        np.testing.assert_allclose(value, 3 * getattr(module, name).grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_backward_on_another_thread_or_after_a_change_takes_the_general_route(general_route_only):
+    layer = make("gru")
+    layer.train()
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((5, 2, 5)).astype(np.float32)
+    context = general_route_only()
+    expected = training_step(layer, x, None, grad_output, None)
+    context.__exit__(None, None, None)
+    training_step(layer, x, None, grad_output, None)
+    training_step(layer, x, None, grad_output, None)
+
+    layer.zero_grad()
+    layer(x)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(layer.backward(grad_output)))
+    thread.start()
+    thread.join()
+    np.testing.assert_array_equal(results[0][0], expected["grad_x"])
+    np.testing.assert_array_equal(layer.grads["weight_hh_l0"], expected["grad_weight_hh_l0"])
+
+    # A gradient buffer replaced between calls takes the next backward's gradients.
+    layer.zero_grad()
+    layer(x)
+    replaced = np.zeros_like(layer.grads["weight_ih_l0"])
+    layer.grads["weight_ih_l0"] = replaced
+    layer.backward(grad_output)
+    np.testing.assert_array_equal(replaced, expected["grad_weight_ih_l0"])
+
+    # Parameters changed between forward and backward: the general route's backward, which
+    # reads the parameters as they are then.
+    original = layer.weight_hh_l0
+    layer(x)
+    layer._params["weight_hh_l0"] = original * 0.5
+    grad_x, _ = layer.backward(grad_output)
+    layer._params["weight_hh_l0"] = original
+    context = general_route_only()
+    layer(x, requires_grad=True)
+    layer._params["weight_hh_l0"] = original * 0.5
+    grad_x_again, _ = layer.backward(grad_output)
+    context.__exit__(None, None, None)
+    np.testing.assert_array_equal(grad_x, grad_x_again)
+
+
+def test_a_record_can_be_differentiated_twice(general_backward_forbidden):
+    layer = make("lstm")
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    grad_output = rng.standard_normal((5, 2, 5)).astype(np.float32)
+    for _ in range(2):
+        layer(x, requires_grad=True)
+        layer.backward(grad_output)
+    general_backward_forbidden()
+    layer.zero_grad()
+    layer(x, requires_grad=True)
+    first, _ = layer.backward(grad_output)
+    once = {name: value.copy() for name, value in layer.grads.items()}
+    second, _ = layer.backward(grad_output)
+    np.testing.assert_array_equal(first, second)
+    for name, value in layer.grads.items():  # the second adds to the first, rounding as it goes
+        np.testing.assert_allclose(value, 2 * once[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "bad_call, error, match",
+    [
+        (lambda layer, g: layer.backward(g[:, :, :2]), ValueError, "grad_output of shape"),
+        (lambda layer, g: layer.backward(g.astype(np.float64)), TypeError, "dtype"),
+        (lambda layer, g: layer.backward(g, np.zeros((1, 3, 5), np.float32)), ValueError, "of shape"),
+    ],
+    ids=["grad_shape", "grad_dtype", "grad_state_shape"],
+)
+def test_bad_gradients_after_preparing_get_the_general_routes_errors(bad_call, error, match):
+    layer = make("rnn_tanh")
+    layer.train()
+    x = np.ones((4, 2, 3), np.float32)
+    grad_output = np.ones((4, 2, 5), np.float32)
+    for _ in range(2):
+        layer(x)
+        layer.backward(grad_output)
+    layer(x)
+    with pytest.raises(error, match=match):
+        bad_call(layer, grad_output)
+    before = grad_output.copy()
+    layer.backward(grad_output)
+    np.testing.assert_array_equal(grad_output, before)  # consumed as a copy, never in place

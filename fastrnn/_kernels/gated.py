@@ -21,9 +21,8 @@ _EMPTY = np.zeros(0, dtype=np.uint8)
 
 
 def saved_bytes(call, name: str) -> np.ndarray:
-    """A ``LayerCall``'s saved buffer as flat bytes, or the empty one when not kept."""
-    buffer = call.saved.get(name)
-    return buffer.reshape(-1) if buffer is not None else _EMPTY
+    """A ``LayerCall``'s saved buffer (flat bytes), or the empty one when not kept."""
+    return call.saved.get(name, _EMPTY)
 
 
 # Inference projects the whole sequence's inputs with one GEMM per direction, as training

@@ -395,15 +395,26 @@ def forward(call, finals) -> None:
     _parallel.run_kernel(forward_layer, forward_layer_parallel, call.pieces, *forward_arguments(call, finals))
 
 
-def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
-    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` is consumed in place, the saved buffers only read."""
+def backward_arguments(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> tuple:
+    """The backward kernels' arguments for one layer (a ``LayerCall``), but for the piece
+    count and BLAS flag that ``run_kernel`` adds. Every array is placed as it is given
+    (the call's own, the saved buffers, the gradients), as in ``forward_arguments``.
+    """
     spec, params = call.spec, call.params
-    _parallel.run_kernel(
-        backward_layer, backward_layer_parallel, call.pieces, call.like, call.layer_input, call.features,
+    return (
+        call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden,
         saved_bytes(call, "gates"), saved_bytes(call, "hidden_n"), grad_hidden, grad_finals[0], grad_initials[0],
         call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size,
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
         grads["bias_hh"], spec.bias, grad_input, gradient_buffer(call, "gates", _scratch.GRADIENT_GATES),
         gradient_buffer(call, "hidden_n", _scratch.GRADIENT_CANDIDATE),
+    )
+
+
+def backward(call, grad_hidden, grad_finals, grad_initials, grads, grad_input) -> None:
+    """Differentiate one layer (a ``LayerCall``): ``grad_hidden`` is consumed in place, the saved buffers only read."""
+    _parallel.run_kernel(
+        backward_layer, backward_layer_parallel, call.pieces,
+        *backward_arguments(call, grad_hidden, grad_finals, grad_initials, grads, grad_input),
     )
