@@ -212,12 +212,13 @@ def run_backward(saved: Saved | None, grad_output: Any, grad_finals: Any, grads:
         spec, _split_states(spec, grad_finals, "the final states' gradient", names), names, layout, saved.dtype,
         _state_names(spec, " (", "_n's)"),
     )
+    buffers_given = grads is not None
     if grads is None:
         grads = {name: np.zeros(shape, dtype=saved.dtype) for name, shape in spec.parameter_shapes().items()}
     else:
         check_gradient_buffers(spec, grads, saved.dtype)
     grad_x, grad_initials = saved.engine.backward(saved.state, grad_time_major, grad_states, grads)
-    _prepared.prepare_backward(saved, grads)
+    _prepared.prepare_backward(saved, grads if buffers_given else None)
     return (
         layout.from_time_major(grad_x),
         tuple(layout.from_time_major(grad, sequence=False) for grad in grad_initials),

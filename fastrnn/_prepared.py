@@ -72,7 +72,7 @@ class _Prepared:
     final_places: tuple[tuple[int, tuple[int, int, int]], ...]  # each with its time-major shape
     saved_places: tuple[tuple[str, int, tuple[int, int]], ...]  # training's buffers: name, place, shape
     requires_grad: bool  # whether the call leaves the record backward needs
-    backward: dict = dataclasses.field(default_factory=dict)  # "prepared": its _PreparedBackward, once made
+    backward: dict = dataclasses.field(default_factory=dict)  # _gradient_mode -> its _PreparedBackward, once made
 
     def run(self, params, x: np.ndarray, hx):
         """``(output, finals, record)`` in the caller's layout, ``record`` the stack's for
@@ -165,7 +165,8 @@ class _PreparedBackward:
 
     forward: _Prepared
     thread: int
-    grad_sources: tuple[tuple[str, np.ndarray], ...]  # every gradient buffer, as prepared with
+    grad_sources: tuple[tuple[str, np.ndarray], ...]  # every gradient buffer, as prepared with; () for fresh ones
+    fresh_grad_places: tuple[tuple[int, tuple[str, ...]], ...]  # fresh buffers: each pair's place and names
     zero_grads: tuple[np.ndarray, ...]  # bytes of zero final-state gradients; read only
     kernel: object
     arguments: list
@@ -189,9 +190,13 @@ class _PreparedBackward:
         for name, source in forward.sources:
             if params.get(name) is not source:
                 return None
-        for name, source in self.grad_sources:
-            if grads.get(name) is not source:
-                return None
+        if grads is None:
+            # Fresh zeroed buffers, as the general route makes when it is given none.
+            grads = {name: np.zeros(shape, dtype=dtype) for name, shape in forward.spec.parameter_shapes().items()}
+        else:
+            for name, source in self.grad_sources:
+                if grads.get(name) is not source:
+                    return None
         if _no_states(grad_finals):
             grad_final_bytes = self.zero_grads
         else:
@@ -219,6 +224,9 @@ class _PreparedBackward:
             grad_initials.append(grad)
         grad_input = np.empty(forward.rows_shape, dtype=dtype)
         arguments[self.grad_input_place] = grad_input.view(np.uint8)
+        for place, names in self.fresh_grad_places:
+            first = grads[names[0]].view(np.uint8)
+            arguments[place] = (first, grads[names[1]].view(np.uint8) if len(names) == 2 else first)
         if get_num_threads() == 1:
             with blas_single_threaded():
                 self.kernel(*arguments, 1, False)
@@ -333,13 +341,22 @@ def prepare(engine, spec, params, x, hx, layout, dtype: np.dtype, requires_grad:
     per_thread.calls[_key(x, hx, requires_grad)] = prepared
 
 
+def _gradient_mode(grads) -> str | None:
+    """How a backward gets its gradient buffers: kept ones (a ``KernelArrays``, a layer's
+    ``grads``), fresh ones per call (None: ``fastrnn.torch``, the functional API), or
+    anything else, which is not prepared."""
+    if grads is None:
+        return "fresh"
+    return "kept" if type(grads) is _stack.KernelArrays else None
+
+
 def run_backward(saved, grad_output, grad_finals, grads):
     """A prepared backward's ``(grad_x, grad_initials, grads)`` for ``saved`` (the front
     end's record of a forward), or None to take the general route."""
     record = saved.state
-    if type(record) is not _stack.Record or record.prepared is None or type(grads) is not _stack.KernelArrays:
+    if type(record) is not _stack.Record or record.prepared is None:
         return None
-    backward = record.prepared.forward.backward.get("prepared")
+    backward = record.prepared.forward.backward.get(_gradient_mode(grads))
     if backward is None or backward.thread != threading.get_ident():
         return None
     return backward.run(record, grad_output, grad_finals, grads)
@@ -349,15 +366,20 @@ def prepare_backward(saved, grads) -> None:
     """Leave a prepared backward for the records of ``saved``'s prepared forward, whose
     backward the general route has just run without error."""
     record = saved.state
-    if type(record) is not _stack.Record or record.prepared is None or type(grads) is not _stack.KernelArrays:
+    mode = _gradient_mode(grads)
+    if type(record) is not _stack.Record or record.prepared is None or mode is None:
         return
     forward = record.prepared.forward
     spec, dtype = forward.spec, forward.dtype
-    grad_names = [name for name, _ in forward.sources]
-    grad_sources = tuple((name, grads.get(name)) for name in grad_names)
-    if not all(type(source) is np.ndarray and source.flags.c_contiguous and source.flags.writeable
-               for _, source in grad_sources):
-        return
+    grad_sources = ()
+    if grads is None:  # fresh buffers at every call: the template gets stand-ins, whose places are noted
+        grads = {name: np.zeros(shape, dtype=dtype) for name, shape in spec.parameter_shapes().items()}
+    else:
+        grad_sources = tuple((name, grads.get(name)) for name, _ in forward.sources)
+        if not all(type(source) is np.ndarray and source.flags.c_contiguous and source.flags.writeable
+                   for _, source in grad_sources):
+            return
+    grad_pairs = _stack.gradient_pairs(spec, grads, 0, dtype)
     layer = record.stack.layers[0]
     call = _stack.layer_call(spec, record.stack.params, 0, layer.layer_input, layer.initial, layer.hidden,
                              layer.saved, forward.schedule, BACKWARD)
@@ -367,7 +389,7 @@ def prepare_backward(saved, grads) -> None:
     grad_input = _stack.as_bytes(np.empty(forward.rows_shape, dtype=dtype))
     kernels = _stack.kernels_of(spec)
     arguments = list(kernels.backward_arguments(
-        call, grad_hidden, zero_grads, grad_initials, _stack.gradient_pairs(spec, grads, 0, dtype), grad_input,
+        call, grad_hidden, zero_grads, grad_initials, grad_pairs, grad_input,
     ))
 
     def place_of(array) -> int:
@@ -377,8 +399,12 @@ def prepare_backward(saved, grads) -> None:
         arguments[found[0]] = None
         return found[0]
 
-    forward.backward["prepared"] = _PreparedBackward(
-        forward=forward, thread=threading.get_ident(), grad_sources=grad_sources, zero_grads=zero_grads,
+    fresh_grad_places = ()
+    if not grad_sources:
+        fresh_grad_places = tuple((place_of(grad_pairs[kind]), names) for kind, names in spec.kind_names(0).items())
+    forward.backward[mode] = _PreparedBackward(
+        forward=forward, thread=threading.get_ident(), grad_sources=grad_sources,
+        fresh_grad_places=fresh_grad_places, zero_grads=zero_grads,
         kernel=kernels.backward_layer, arguments=arguments, input_place=place_of(call.layer_input),
         initial_places=tuple(place_of(state) for state in call.initial), hidden_place=place_of(call.hidden),
         saved_places={name: place_of(buffer) for name, buffer in call.saved.items()},

@@ -506,3 +506,33 @@ def test_bad_gradients_after_preparing_get_the_general_routes_errors(bad_call, e
     before = grad_output.copy()
     layer.backward(grad_output)
     np.testing.assert_array_equal(grad_output, before)  # consumed as a copy, never in place
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+def test_fastrnn_torch_steps_take_prepared_backwards_with_fresh_gradients(kind, general_backward_forbidden):
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as fastrnn_torch
+
+    name = {"rnn_tanh": "RNN", "lstm": "LSTM", "gru": "GRU"}[kind]
+    torch.manual_seed(0)
+    module = getattr(fastrnn_torch, name)(3, 5)
+    twin = getattr(torch.nn, name)(3, 5)
+    twin.load_state_dict(module.state_dict())
+    rng = np.random.default_rng(24)
+    x = torch.from_numpy(rng.standard_normal((6, 2, 3)).astype(np.float32))
+    weights = torch.from_numpy(rng.standard_normal((6, 2, 5)).astype(np.float32))
+
+    def step(network):
+        network.zero_grad()
+        inputs = x.clone().requires_grad_()
+        output, _ = network(inputs)
+        (output * weights).sum().backward()
+        return [inputs.grad.clone()] + [parameter.grad.clone() for parameter in network.parameters()]
+
+    expected = step(twin)
+    step(module)
+    step(module)  # the first backward took the general route and prepared; this one is prepared
+    general_backward_forbidden()
+    for _ in range(2):  # each call's gradients are fresh: nothing carries over from the call before
+        for value, wanted in zip(step(module), expected, strict=True):
+            np.testing.assert_allclose(value.numpy(), wanted.numpy(), rtol=1e-4, atol=1e-5)
