@@ -315,11 +315,7 @@ def prepare(engine, spec, params, x, hx, layout, dtype: np.dtype, requires_grad:
     arguments = list(kernels.forward_arguments(call, final_marks))
 
     def place_of(mark) -> int:
-        found = [index for index, argument in enumerate(arguments) if argument is mark]
-        if len(found) != 1:
-            raise AssertionError(f"{spec.cell}'s forward_arguments must place each of the call's arrays once")
-        arguments[found[0]] = None
-        return found[0]
+        return _take_place(arguments, mark, f"{spec.cell}'s forward_arguments")
 
     input_place, hidden_place = place_of(input_mark), place_of(hidden_mark)
     initial_places = tuple(place_of(mark) for mark in initial_marks)
@@ -339,6 +335,15 @@ def prepare(engine, spec, params, x, hx, layout, dtype: np.dtype, requires_grad:
     if per_thread.calls is None or len(per_thread.calls) >= MAX_SHAPES:
         per_thread.calls = {}
     per_thread.calls[_key(x, hx, requires_grad)] = prepared
+
+
+def _take_place(arguments: list, item, maker: str) -> int:
+    """The one place of ``item`` in ``arguments`` (by identity), emptied for the calls to fill."""
+    found = [index for index, argument in enumerate(arguments) if argument is item]
+    if len(found) != 1:
+        raise AssertionError(f"{maker} must place each of the call's own arrays once, got {len(found)} places")
+    arguments[found[0]] = None
+    return found[0]
 
 
 def _gradient_mode(grads) -> str | None:
@@ -393,11 +398,7 @@ def prepare_backward(saved, grads) -> None:
     ))
 
     def place_of(array) -> int:
-        found = [index for index, argument in enumerate(arguments) if argument is array]
-        if len(found) != 1:
-            raise AssertionError(f"{spec.cell}'s backward_arguments must place each of the call's arrays once")
-        arguments[found[0]] = None
-        return found[0]
+        return _take_place(arguments, array, f"{spec.cell}'s backward_arguments")
 
     fresh_grad_places = ()
     if not grad_sources:
