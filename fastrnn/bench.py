@@ -75,6 +75,10 @@ APIS = ("numpy", "torch")
 # The shape at which fastrnn.torch's per-call overhead over the NumPy layer is measured: small
 # enough that the kernels take about 0.1 ms, so the adapter's microseconds show.
 OVERHEAD_SHAPE = (100, 1, 32, 64, 1, False)
+# Untimed pairs before the overhead is timed: for about a second after the modules were
+# made, the LSTM module's overhead measured 38 µs, and 15-16 µs from then on (AMD EPYC
+# with AVX-512, in a fresh process).
+OVERHEAD_SETTLE_SECONDS = 1.0
 
 
 def draw_lengths(mode: str, steps: int, batch: int, seed: int = LENGTHS_SEED) -> np.ndarray | None:
@@ -341,15 +345,55 @@ def run_torch_api(
     return results, gemm
 
 
+def paired_difference_seconds(baseline: Callable[[], None], candidate: Callable[[], None], budget: float,
+                              settle: float = SETTLE_SECONDS) -> float:
+    """The median over many back-to-back pairs of calls of ``candidate``'s time minus ``baseline``'s.
+
+    For a difference of a few microseconds between calls of a few hundred: two medians
+    taken in separate blocks each carry the machine's drift between the blocks, which on
+    the project's virtual machines moved the adapter's overhead at (100,1,32,64) between
+    -1 and 51 µs from one run to the next, while the median of paired differences stayed
+    within 1 µs. The order within a pair alternates, so that neither side always runs on
+    caches the other has just warmed. Pairs run for ``budget`` seconds (at least 200 of
+    them), after ``settle`` seconds of untimed pairs.
+    """
+    clock = time.perf_counter
+    settled = clock() + settle
+    baseline()
+    candidate()
+    while clock() < settled:
+        baseline()
+        candidate()
+    differences = []
+    stop = clock() + budget
+    while len(differences) < 200 or clock() < stop:
+        if len(differences) % 2:
+            start = clock()
+            baseline()
+            middle = clock()
+            candidate()
+            end = clock()
+            differences.append((end - middle) - (middle - start))
+        else:
+            start = clock()
+            candidate()
+            middle = clock()
+            baseline()
+            end = clock()
+            differences.append((middle - start) - (end - middle))
+    return statistics.median(differences)
+
+
 def adapter_overhead_seconds(cell: str, dtype, budget: float, settle: float = SETTLE_SECONDS) -> float:
     """What fastrnn.torch adds to each call of fastrnn's NumPy layer, in seconds.
 
-    At :data:`OVERHEAD_SHAPE`: the median of the fastrnn.torch module's forward under
-    ``torch.no_grad()`` minus the median of the fastrnn layer's forward in eval mode, on the
-    same weights and data, timed in alternating blocks in this process. Both run the same
-    inference kernels, so the difference is the adapter's argument checks and conversions.
-    Grad mode is switched off once around all the blocks: entering ``torch.no_grad()``
-    (a few microseconds) is the caller's cost, the same with torch.nn's modules.
+    At :data:`OVERHEAD_SHAPE`: the fastrnn.torch module's forward under ``torch.no_grad()``
+    against the fastrnn layer's forward in eval mode, on the same weights and data, as the
+    median difference of back-to-back pairs of calls (``paired_difference_seconds``). Both
+    run the same inference kernels, so the difference is the adapter's argument checks and
+    conversions. Grad mode is switched off once around all the pairs: entering
+    ``torch.no_grad()`` (a few microseconds) is the caller's cost, the same with torch.nn's
+    modules.
     """
     import torch
 
@@ -368,16 +412,15 @@ def adapter_overhead_seconds(cell: str, dtype, budget: float, settle: float = SE
         module(x_tensor)
 
     with torch.no_grad():
-        medians = interleaved_medians({"fastrnn": numpy_layer, "fastrnn.torch": torch_module}, budget, settle)
-    return medians["fastrnn.torch"] - medians["fastrnn"]
+        return paired_difference_seconds(numpy_layer, torch_module, budget, max(settle, OVERHEAD_SETTLE_SECONDS))
 
 
 def overhead_line(cell: str, overhead_seconds: float) -> str:
     """The sentence that reports :func:`adapter_overhead_seconds`."""
     name = LAYER_CLASSES[cell]
     return (f"fastrnn.torch overhead per call at {shape_label(OVERHEAD_SHAPE)}: {overhead_seconds * 1e6:.1f} µs "
-            f"(median of fastrnn.torch.{name} under torch.no_grad(), entered once, minus median of fastrnn.{name} "
-            "in eval mode, same weights and data, timed in alternating blocks).")
+            f"(median over back-to-back pairs of calls of fastrnn.torch.{name} under torch.no_grad(), entered once, "
+            f"minus fastrnn.{name} in eval mode, same weights and data).")
 
 
 def _milliseconds(value: float | None) -> str:

@@ -243,6 +243,34 @@ def test_command_with_uniform_lengths(tmp_path, cell):
     assert result["ratio_to_full_length_forward_backward"] > 0
 
 
+class _FakeClock:
+    """A clock that moves only when a timed function says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paired_difference_is_the_candidates_extra_time_whichever_runs_first(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    calls = {"baseline": 0, "candidate": 0}
+
+    def baseline():
+        calls["baseline"] += 1
+        clock.now += 5.0
+
+    def candidate():
+        calls["candidate"] += 1
+        clock.now += 7.0 if calls["candidate"] % 10 else 1000.0  # one call in ten is an outlier
+
+    assert bench.paired_difference_seconds(baseline, candidate, budget=0.0, settle=0.0) == 2.0
+    assert calls["baseline"] == calls["candidate"] >= 200
+    assert bench.paired_difference_seconds(candidate, baseline, budget=0.0, settle=0.0) == -2.0
+
+
 def without_settling(monkeypatch):
     """Drop the settling pause of every timed block: it is there for honest timings, which
     these tests do not read."""
