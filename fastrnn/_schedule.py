@@ -91,6 +91,36 @@ class Schedule:
         sources[self._padded_rows] = np.arange(self.total)
         return sources
 
+    @cached_property
+    def recurrent_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(blocks, counts)``: the GEMM blocks of backward's state products (see
+        ``_kernels.schedule.recurrent_blocks``) of the forward and the reverse direction, as
+        one (2, n, 4) int64 array, direction d's in ``blocks[d, :counts[d]]``, and the (2,)
+        counts. Only backward reads them, so a schedule makes them on its first backward.
+        """
+        if self.lengths[-1] == self.steps:
+            # Equal lengths: the first step reads h_0 and every other step the step before
+            # (forward), or the last step reads h_0 and every other step the step after;
+            # sequences that are all empty read nothing.
+            batch = self.batch if self.steps else 0
+            later = (self.steps - 1) * batch
+            per_direction = [np.array(blocks, dtype=np.int64).reshape(-1, 4) for blocks in (
+                [[0, 1, 0, batch], [batch, 0, 0, later]], [[0, 0, batch, later], [later, 1, 0, batch]]
+            )]
+            per_direction = [blocks[blocks[:, 3] > 0] for blocks in per_direction]
+        else:
+            from ._kernels.schedule import recurrent_blocks  # lengths differ: compiled on first use
+
+            per_direction = []
+            for reverse in (False, True):
+                blocks, count = recurrent_blocks(self.batch_sizes, self.step_starts, self.steps, reverse)
+                per_direction.append(blocks[:count])
+        counts = np.array([len(blocks) for blocks in per_direction], dtype=np.int64)
+        stacked = np.zeros((2, max(int(counts.max()), 1), 4), dtype=np.int64)
+        for direction, blocks in enumerate(per_direction):
+            stacked[direction, : len(blocks)] = blocks
+        return stacked, counts
+
     @property
     def zero_row(self) -> bool:
         """Whether ``unpack`` reads a zero row after the packed rows: when the batch is reordered."""

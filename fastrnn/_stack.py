@@ -189,9 +189,14 @@ class LayerCall:
     hidden: np.ndarray  # (total, D*P): written by forward, read by backward
     saved: dict[str, np.ndarray]  # the cell's per-step buffers for backward, as flat bytes; empty in inference
     pieces: int
+    # The schedule's ``recurrent_blocks`` of each direction, (2, n, 4) int64, and their (2,)
+    # counts: for backward's state products; placeholders in a forward.
+    recurrent_blocks: np.ndarray
+    block_counts: np.ndarray
 
 
 _LIKE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+_NO_BLOCKS = (np.zeros((2, 1, 4), dtype=np.int64), np.zeros(2, dtype=np.int64))
 
 
 def layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedule: Schedule, stage: str
@@ -199,6 +204,7 @@ def layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedul
     total, features = layer_input.shape
     kernels_of(spec)
     ensure_compiled(layer_input.dtype, stage)
+    blocks, block_counts = schedule.recurrent_blocks if stage == BACKWARD else _NO_BLOCKS
     return LayerCall(
         spec=spec, like=_LIKE[layer_input.dtype], steps=schedule.steps, batch=schedule.batch, total=total,
         batch_sizes=schedule.batch_sizes, step_starts=schedule.step_starts, lengths=schedule.lengths,
@@ -206,7 +212,7 @@ def layer_call(spec, params, layer, layer_input, initial, hidden, saved, schedul
         layer_input=as_bytes(layer_input), params=layer_parameters(spec, params, layer, layer_input.dtype),
         initial=tuple([as_bytes(state) for state in initial]), hidden=as_bytes(hidden),
         saved={name: as_bytes(buffer).reshape(-1) for name, buffer in saved.items()} if saved else {},
-        pieces=pieces_per_direction(spec, total, schedule.batch),
+        pieces=pieces_per_direction(spec, total, schedule.batch), recurrent_blocks=blocks, block_counts=block_counts,
     )
 
 

@@ -26,7 +26,7 @@ from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
-from .schedule import backward_step, forward_step, recurrent_blocks, row_piece, seed_final_gradients, take_final_states
+from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -271,16 +271,15 @@ def backpropagate(
 
 
 def _parameter_gradients(
-    layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total, hidden_size,
-    width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
-    blas_single_threaded,
+    layer_input, feature_size, h0, hidden, grad_hidden, blocks, block_count, batch, total, hidden_size, width, offset,
+    first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias, blas_single_threaded,
 ):
     """Accumulate (+=) the gradients of hidden units ``first_unit:first_unit+units``.
 
     These are rows of W_ih, W_hh and the biases, so disjoint unit ranges can run on
-    different threads. One GEMM per weight covers the whole sequence (W_hh: one per block
-    of ``schedule.recurrent_blocks``): dW_hh = sum_t dz_t^T h_{t-1}, where h_{t-1} is the
-    state step t consumed, and dW_ih = sum_t dz_t^T x_t.
+    different threads. One GEMM per weight covers the whole sequence (W_hh: one per row
+    of ``blocks``, the direction's ``_schedule.recurrent_blocks``): dW_hh = sum_t dz_t^T
+    h_{t-1}, where h_{t-1} is the state step t consumed, and dW_ih = sum_t dz_t^T x_t.
     """
     size = total * width
     bias_size = hidden_size if has_bias else 0
@@ -288,9 +287,7 @@ def _parameter_gradients(
     h0 = carray(h0, batch * hidden_size)
     hidden = carray(hidden, size)
     grad_hidden = carray(grad_hidden, size)
-    batch_sizes = carray(batch_sizes, steps)
-    step_starts = carray(step_starts, steps)
-    reverse = reverse != 0
+    blocks = carray(blocks, (block_count, 4))
     grad_weight_ih = carray(grad_weight_ih, hidden_size * feature_size)
     grad_weight_hh = carray(grad_weight_hh, hidden_size * hidden_size)
     grad_bias_ih = carray(grad_bias_ih, bias_size)
@@ -298,8 +295,7 @@ def _parameter_gradients(
     has_bias = has_bias != 0
     blas_single_threaded = blas_single_threaded != 0
     dz = offset + first_unit
-    blocks, count = recurrent_blocks(batch_sizes, step_starts, steps, reverse)
-    for k in range(count):
+    for k in range(block_count):
         dz_row, from_initial, source_row, rows = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
         if from_initial:
             source, source_at, source_ld = h0, source_row * hidden_size, hidden_size
@@ -315,7 +311,11 @@ def _parameter_gradients(
     )
     if has_bias:
         # Both biases enter the pre-activation additively, so they share one gradient.
-        bias_grad = np.zeros(units, dtype=grad_hidden.dtype)
+        # np.empty rather than np.zeros: the kernels use no np.zeros, whose compilation a
+        # first call would pay for this one array.
+        bias_grad = np.empty(units, dtype=grad_hidden.dtype)
+        for c in range(units):
+            bias_grad[c] = 0.0
         for r in range(total):
             row = grad_hidden[r * width + dz : r * width + dz + units]
             for c in range(units):
@@ -328,8 +328,8 @@ def _parameter_gradients(
 _parameter_gradients_compiled = export(
     "parameter_gradients", _parameter_gradients, stages=(BACKWARD,),
     layer_input=ARRAY, feature_size=INDEX, h0=ARRAY,
-    hidden=ARRAY, grad_hidden=ARRAY, batch_sizes=INDICES, step_starts=INDICES, steps=INDEX, batch=INDEX,
-    total=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, reverse=INDEX, first_unit=INDEX, units=INDEX,
+    hidden=ARRAY, grad_hidden=ARRAY, blocks=INDICES, block_count=INDEX, batch=INDEX,
+    total=INDEX, hidden_size=INDEX, width=INDEX, offset=INDEX, first_unit=INDEX, units=INDEX,
     grad_weight_ih=ARRAY, grad_weight_hh=ARRAY, grad_bias_ih=ARRAY, grad_bias_hh=ARRAY, has_bias=INDEX,
     blas_single_threaded=INDEX,
 )
@@ -337,15 +337,15 @@ _parameter_gradients_compiled = export(
 
 @jit_helper
 def parameter_gradients(
-    like, layer_input, feature_size, h0, hidden, grad_hidden, batch_sizes, step_starts, steps, batch, total,
-    hidden_size, width, offset, reverse, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih,
-    grad_bias_hh, has_bias, blas_single_threaded,
+    like, layer_input, feature_size, h0, hidden, grad_hidden, blocks, block_count, batch, total, hidden_size, width,
+    offset, first_unit, units, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, has_bias,
+    blas_single_threaded,
 ):
     """``_parameter_gradients``, through its compiled C function for ``like``'s dtype."""
     _parameter_gradients_compiled(
         like, layer_input.ctypes.data, feature_size, h0.ctypes.data, hidden.ctypes.data,
-        grad_hidden.ctypes.data, batch_sizes.ctypes.data, step_starts.ctypes.data, steps, batch, total, hidden_size,
-        width, offset, reverse, first_unit, units, grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data,
+        grad_hidden.ctypes.data, blocks.ctypes.data, block_count, batch, total, hidden_size,
+        width, offset, first_unit, units, grad_weight_ih.ctypes.data, grad_weight_hh.ctypes.data,
         grad_bias_ih.ctypes.data, grad_bias_hh.ctypes.data, has_bias, blas_single_threaded,
     )
 
@@ -409,8 +409,9 @@ def _forward_layer(
 
 def _backward_layer(
     like, layer_input, feature_size, directions, weights_ih, weights_hh, h0, hidden, grad_hidden, grad_h_n,
-    grad_h0, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, use_relu, grads_weight_ih,
-    grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, pieces, blas_single_threaded,
+    grad_h0, batch_sizes, step_starts, recurrent_blocks, block_counts, lengths, steps, batch, total, hidden_size,
+    use_relu, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, pieces,
+    blas_single_threaded,
 ):
     """Backpropagate one layer of D directions: ``grad_hidden`` (packed rows, D*H) becomes dLoss/dz.
 
@@ -434,8 +435,8 @@ def _backward_layer(
         direction = task // pieces
         first_unit, units = piece(hidden_size, pieces, task % pieces)
         parameter_gradients(
-            like, layer_input, feature_size, h0[direction], hidden, grad_hidden, batch_sizes, step_starts, steps,
-            batch, total, hidden_size, width, direction * hidden_size, direction == 1, first_unit, units,
+            like, layer_input, feature_size, h0[direction], hidden, grad_hidden, recurrent_blocks[direction],
+            block_counts[direction], batch, total, hidden_size, width, direction * hidden_size, first_unit, units,
             grads_weight_ih[direction], grads_weight_hh[direction], grads_bias_ih[direction],
             grads_bias_hh[direction], has_bias, blas_single_threaded,
         )
@@ -490,7 +491,8 @@ def backward_arguments(call, grad_hidden, grad_finals, grad_initials, grads, gra
     return (
         call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden, grad_hidden,
-        grad_finals[0], grad_initials[0], call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch,
+        grad_finals[0], grad_initials[0], call.batch_sizes, call.step_starts, call.recurrent_blocks, call.block_counts,
+        call.lengths, call.steps, call.batch,
         call.total, spec.hidden_size, spec.kind.activation == "relu",
         grads["weight_ih"], grads["weight_hh"], grads["bias_ih"], grads["bias_hh"], spec.bias, grad_input,
     )

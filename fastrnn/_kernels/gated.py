@@ -13,7 +13,6 @@ from .. import _scratch
 from .._config import jit_helper
 from .blas import NO_TRANS, TRANS, gemm_at
 from .native import ARRAY, BACKWARD, INDEX, export
-from .schedule import recurrent_blocks
 
 # The saved buffers of an inference call: one empty array, so that training and inference
 # pass one array type and share one compilation.
@@ -104,18 +103,17 @@ def accumulate_product(float_size, a, a_offset, lda, b, b_offset, ldb, rows, m, 
 
 @jit_helper
 def recurrent_weight_gradient(
-    float_size, dz, dz_offset, dz_ld, hidden, h0, batch_sizes, step_starts, steps, output_size, width, direction,
-    first_unit, units, grad_weight_hh,
+    float_size, dz, dz_offset, dz_ld, hidden, h0, blocks, count, output_size, width, direction, first_unit, units,
+    grad_weight_hh,
 ):
     """grad_weight_hh[first_unit : first_unit + units] += sum_t dz_t^T h_prev(t), the state step t read.
 
     ``dz_offset`` is the column of unit 0 of this direction's block; ``hidden`` (packed
     rows, ``width``) holds every h_t, this direction's at ``direction * output_size``.
-    One GEMM per block of ``schedule.recurrent_blocks``.
+    One GEMM per row of ``blocks[:count]``, the direction's ``_schedule.recurrent_blocks``.
     """
     h_column = direction * output_size
     dz_column = dz_offset + first_unit
-    blocks, count = recurrent_blocks(batch_sizes, step_starts, steps, direction == 1)
     for k in range(count):
         dz_row, from_initial, source_row, rows = blocks[k, 0], blocks[k, 1], blocks[k, 2], blocks[k, 3]
         if from_initial:

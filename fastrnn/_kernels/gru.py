@@ -297,9 +297,9 @@ def _forward_layer(
 
 def _backward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, h0, hidden, gates, hidden_n, grad_hidden,
-    grad_h_n, grad_h0, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size, grads_weight_ih,
-    grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, grad_gates, grad_hidden_n, pieces,
-    blas_single_threaded,
+    grad_h_n, grad_h0, batch_sizes, step_starts, recurrent_blocks, block_counts, lengths, steps, batch, total,
+    hidden_size, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh, has_bias, grad_input, grad_gates,
+    grad_hidden_n, pieces, blas_single_threaded,
 ):
     """Backpropagate one layer: through time by batch pieces, then the whole-sequence
     products (weight gradients, bias sums, the input gradient) by unit and row ranges."""
@@ -335,16 +335,17 @@ def _backward_layer(
                         grads_bias_ih[direction], first_unit)
         # The hidden side: r and z share the input side's gradient, n has its own in hidden_n.
         shared_units = max(0, min(first_unit + units, 2 * size) - first_unit)
+        blocks, block_count = recurrent_blocks[direction], block_counts[direction]
         recurrent_weight_gradient(
-            float_size, grad_gates, column, gate_ld, hidden, h0[direction], batch_sizes, step_starts, steps, size,
-            width, direction, first_unit, shared_units, grads_weight_hh[direction],
+            float_size, grad_gates, column, gate_ld, hidden, h0[direction], blocks, block_count, size, width,
+            direction, first_unit, shared_units, grads_weight_hh[direction],
         )
         first_n = max(first_unit, 2 * size)
         n_units = first_unit + units - first_n
         if n_units > 0:
             recurrent_weight_gradient(
-                float_size, grad_hidden_n, direction * size - 2 * size, width, hidden, h0[direction], batch_sizes,
-                step_starts, steps, size, width, direction, first_n, n_units, grads_weight_hh[direction],
+                float_size, grad_hidden_n, direction * size - 2 * size, width, hidden, h0[direction], blocks,
+                block_count, size, width, direction, first_n, n_units, grads_weight_hh[direction],
             )
         if has_bias:
             column_sums(like, grad_gates, column + first_unit, sequence_rows, shared_units, gate_ld,
@@ -405,8 +406,8 @@ def backward_arguments(call, grad_hidden, grad_finals, grad_initials, grads, gra
         call.like, call.layer_input, call.features,
         spec.directions, params["weight_ih"], params["weight_hh"], call.initial[0], call.hidden,
         saved_bytes(call, "gates"), saved_bytes(call, "hidden_n"), grad_hidden, grad_finals[0], grad_initials[0],
-        call.batch_sizes, call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size,
-        grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
+        call.batch_sizes, call.step_starts, call.recurrent_blocks, call.block_counts, call.lengths, call.steps,
+        call.batch, call.total, spec.hidden_size, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
         grads["bias_hh"], spec.bias, grad_input, gradient_buffer(call, "gates", _scratch.GRADIENT_GATES),
         gradient_buffer(call, "hidden_n", _scratch.GRADIENT_CANDIDATE),
     )

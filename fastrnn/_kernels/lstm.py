@@ -349,9 +349,9 @@ def _forward_layer(
 
 def _backward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, weights_hr, h0, c0, hidden, gates, cells,
-    unprojected, grad_hidden, grad_h_n, grad_c_n, grad_h0, grad_c0, batch_sizes, step_starts, lengths, steps, batch,
-    total, hidden_size, output_size, projected, grads_weight_ih, grads_weight_hh, grads_bias_ih, grads_bias_hh,
-    grads_weight_hr, has_bias, grad_input, grad_gates, pieces, blas_single_threaded,
+    unprojected, grad_hidden, grad_h_n, grad_c_n, grad_h0, grad_c0, batch_sizes, step_starts, recurrent_blocks,
+    block_counts, lengths, steps, batch, total, hidden_size, output_size, projected, grads_weight_ih, grads_weight_hh,
+    grads_bias_ih, grads_bias_hh, grads_weight_hr, has_bias, grad_input, grad_gates, pieces, blas_single_threaded,
 ):
     """Backpropagate one layer: through time by batch pieces, then the whole-sequence
     products (weight gradients, bias sums, the input gradient) by direction and row ranges."""
@@ -397,9 +397,9 @@ def _backward_layer(
             features, grads_weight_ih[direction], first_unit * features, features,
         )
         recurrent_weight_gradient(
-            float_size, grad_gates, column, gate_ld, hidden, h0[direction], batch_sizes, step_starts, steps,
-            output_size,
-            directions * output_size, direction, first_unit, units, grads_weight_hh[direction],
+            float_size, grad_gates, column, gate_ld, hidden, h0[direction], recurrent_blocks[direction],
+            block_counts[direction], output_size, directions * output_size, direction, first_unit, units,
+            grads_weight_hh[direction],
         )
         if has_bias:
             # Both biases enter the pre-activation additively, so they share one gradient.
@@ -468,8 +468,8 @@ def backward_arguments(call, grad_hidden, grad_finals, grad_initials, grads, gra
         call.initial[1], call.hidden, saved_bytes(call, "gates"), saved_bytes(call, "cells"),
         saved_bytes(call, "unprojected"),
         grad_hidden, grad_finals[0], grad_finals[1], grad_initials[0], grad_initials[1], call.batch_sizes,
-        call.step_starts, call.lengths, call.steps, call.batch, call.total, spec.hidden_size, spec.output_size,
-        spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
+        call.step_starts, call.recurrent_blocks, call.block_counts, call.lengths, call.steps, call.batch, call.total,
+        spec.hidden_size, spec.output_size, spec.proj_size > 0, grads["weight_ih"], grads["weight_hh"],
         grads["bias_ih"], grads["bias_hh"], grads["weight_hr"], spec.bias, grad_input,
         gradient_buffer(call, "gates", _scratch.GRADIENT_GATES),
     )
