@@ -3,7 +3,8 @@
 numba compiles a kernel the first time a call needs it and keeps the machine code in its
 on-disk cache, so a container image or a CI cache that runs this once starts every later
 process from the cache. The variants are each cell's kernels for each dtype, on the
-calling thread and on numba's threads, in training (forward and backward) and inference.
+calling thread and on numba's threads, in training (forward and backward, with equal and
+unequal lengths) and inference.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _run_variant(cell: str, dtype: str, threaded: bool) -> None:
         fastrnn.set_num_threads(max(2, threads))
     try:
         output, _ = layer(x)
+        layer.backward(np.ones_like(output))
+        # Unequal lengths: their backward has compiled code of its own.
+        output, _ = layer(x, lengths=np.array([3, 1]))
         layer.backward(np.ones_like(output))
         layer.eval()
         layer(x)
