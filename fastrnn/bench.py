@@ -367,20 +367,15 @@ def paired_difference_seconds(baseline: Callable[[], None], candidate: Callable[
     differences = []
     stop = clock() + budget
     while len(differences) < 200 or clock() < stop:
-        if len(differences) % 2:
-            start = clock()
-            baseline()
-            middle = clock()
-            candidate()
-            end = clock()
-            differences.append((end - middle) - (middle - start))
-        else:
-            start = clock()
-            candidate()
-            middle = clock()
-            baseline()
-            end = clock()
-            differences.append((middle - start) - (end - middle))
+        candidate_first = len(differences) % 2 == 0
+        first, second = (candidate, baseline) if candidate_first else (baseline, candidate)
+        start = clock()
+        first()
+        middle = clock()
+        second()
+        first_seconds, second_seconds = middle - start, clock() - middle
+        difference = first_seconds - second_seconds
+        differences.append(difference if candidate_first else -difference)
     return statistics.median(differences)
 
 
