@@ -159,9 +159,11 @@ def _state_argument(arrays: Sequence[np.ndarray | None]):
 
 
 def _run_arrays(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None], requires_grad: bool):
-    hx = _state_argument([None if state is None else _as_array(state) for state in states])
+    hx = None  # the usual call gives no state: no list to build
+    if states.count(None) != len(states):
+        hx = _state_argument([None if state is None else _as_array(state) for state in states])
     output, finals, saved = call.forward(_as_array(x), hx, requires_grad)
-    return _as_tensor(output), tuple(_as_tensor(final) for final in finals), saved
+    return _as_tensor(output), tuple([_as_tensor(final) for final in finals]), saved
 
 
 class StackFunction(torch.autograd.Function):
