@@ -104,10 +104,9 @@ class Schedule:
             # sequences that are all empty read nothing.
             batch = self.batch if self.steps else 0
             later = (self.steps - 1) * batch
-            per_direction = [np.array(blocks, dtype=np.int64).reshape(-1, 4) for blocks in (
-                [[0, 1, 0, batch], [batch, 0, 0, later]], [[0, 0, batch, later], [later, 1, 0, batch]]
-            )]
-            per_direction = [blocks[blocks[:, 3] > 0] for blocks in per_direction]
+            forward = [[0, 1, 0, batch], [batch, 0, 0, later]]
+            reverse = [[0, 0, batch, later], [later, 1, 0, batch]]
+            per_direction = [[block for block in blocks if block[3] > 0] for blocks in (forward, reverse)]
         else:
             from ._kernels.schedule import recurrent_blocks  # lengths differ: compiled on first use
 
@@ -118,7 +117,8 @@ class Schedule:
         counts = np.array([len(blocks) for blocks in per_direction], dtype=np.int64)
         stacked = np.zeros((2, max(int(counts.max()), 1), 4), dtype=np.int64)
         for direction, blocks in enumerate(per_direction):
-            stacked[direction, : len(blocks)] = blocks
+            if len(blocks):
+                stacked[direction, : len(blocks)] = blocks
         return stacked, counts
 
     @property
