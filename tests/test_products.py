@@ -85,15 +85,20 @@ def test_packed_product_matches_numpy(rows, inner, cols, transposed_source, dtyp
     np.testing.assert_array_equal(src, src_before)
 
 
-@pytest.mark.parametrize(("inner", "cols"), [(1, 1), (5, 33), (300, 64), (257, 1000), (1024, 40)])
+# Register-width blocks are transposed whole, the rest value by value: shapes with whole
+# blocks only, with inner or panel columns past the last block, and with both.
+@pytest.mark.parametrize(
+    ("inner", "cols"), [(1, 1), (5, 33), (16, 64), (64, 256), (300, 64), (257, 1000), (1024, 40), (40, 24)]
+)
 @pytest.mark.parametrize("transposed_source", [True, False], ids=["weight-transposed", "weight-as-is"])
-def test_packed_weight_layout(inner, cols, transposed_source):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_packed_weight_layout(inner, cols, transposed_source, dtype):
     # Panel p holds columns p*w:(p+1)*w of B as `inner` rows of w values, zero past `cols`.
-    weight = np.random.default_rng(inner * cols).standard_normal(inner * cols).astype(np.float32)
+    weight = np.random.default_rng(inner * cols).standard_normal(inner * cols).astype(dtype)
     matrix = weight.reshape(cols, inner).T if transposed_source else weight.reshape(inner, cols)
-    width = PANEL_BYTES // 4
+    width = PANEL_BYTES // weight.itemsize
     panels = -(-cols // width)
-    padded = np.zeros((inner, panels * width), dtype=np.float32)
+    padded = np.zeros((inner, panels * width), dtype=dtype)
     padded[:, :cols] = matrix
 
     packed = _packed(weight, inner, cols, transposed_source)

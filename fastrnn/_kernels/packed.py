@@ -243,6 +243,56 @@ def _few_rows_two_panels(c, c_offset, ldc, a, a_offset, lda, panel, panel_offset
             done += 1
 
 
+@intrinsic
+def _transpose_block(typingctx, dst, dst_offset, dst_ld, src, src_offset, src_ld):
+    """dst[n, n] = src[n, n].T, for blocks of n = one vector register's values, in registers.
+
+    Arguments: flat arrays of one dtype, element offsets and row strides; no bounds are
+    checked. The n rows are loaded as vectors and transposed in log2(n) rounds, each
+    interleaving row i with row i + n/2 (low halves, then high halves): after the rounds,
+    row r holds column r. Packing W^T value by value ran at 5-8 GB/s; with this, 24-37
+    GB/s for weights that stay in cache.
+    """
+    signature = types.void(dst, dst_offset, dst_ld, src, src_offset, src_ld)
+
+    def codegen(context, builder, signature, args):
+        arg_types = signature.args
+        i64 = ir.IntType(64)
+
+        def index(position):
+            return context.cast(builder, args[position], arg_types[position], types.int64)
+
+        def data(position):
+            return context.make_array(arg_types[position])(context, builder, args[position]).data
+
+        dtype = arg_types[0].dtype
+        lanes = VECTOR_BYTES * 8 // dtype.bitwidth
+        vector = ir.VectorType(context.get_data_type(dtype), lanes)
+        align = dtype.bitwidth // 8
+        src_base = builder.gep(data(3), [index(4)])
+        dst_base = builder.gep(data(0), [index(1)])
+
+        def row_pointer(base, ld, r):
+            return builder.bitcast(builder.gep(base, [builder.mul(ld, ir.Constant(i64, r))]), vector.as_pointer())
+
+        rows = [builder.load(row_pointer(src_base, index(5), r), align=align) for r in range(lanes)]
+        half = lanes // 2
+        mask_type = ir.VectorType(ir.IntType(32), lanes)
+        low = ir.Constant(mask_type, [i for j in range(half) for i in (j, j + lanes)])
+        high = ir.Constant(mask_type, [i for j in range(half, lanes) for i in (j, j + lanes)])
+        for _ in range(lanes.bit_length() - 1):
+            interleaved = []
+            for r in range(half):
+                interleaved.append(builder.shuffle_vector(rows[r], rows[r + half], low))
+                interleaved.append(builder.shuffle_vector(rows[r], rows[r + half], high))
+            rows = interleaved
+        for r in range(lanes):
+            builder.store(rows[r], row_pointer(dst_base, index(2), r), align=align)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
     weight = carray(weight_pointer, inner * cols)
     packed = carray(packed_pointer, packed_size)
@@ -250,6 +300,7 @@ def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed
     # Indices are unsigned so that numba drops its negative-index checks: 1.2 us against
     # 1.5 us for 64x64 with indexed views, 0.34 ms against 0.43 ms for 1024x1024.
     width = PANEL_BYTES // weight.itemsize
+    lanes = VECTOR_BYTES // weight.itemsize
     zero = weight.dtype.type(0.0)
     for p in range((cols + width - 1) // width):
         first = p * width
@@ -259,17 +310,18 @@ def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed
             for j in range(used, width):
                 packed[np.uint64(base + k * width + j)] = zero
         if transposed_source:
-            # Source rows are read contiguously, 16 values at a time, so the block of the
-            # panel being written (16 x width values) stays in L1. (Gathering whole panel
-            # rows instead ran 1.9x slower at 1024x1024, whose 4 KiB row stride sends the
-            # source lines to the same few cache sets.)
-            for k0 in range(0, inner, 16):
-                count = min(16, inner - k0)
-                for j in range(used):
-                    source = (first + j) * inner + k0
-                    target = base + k0 * width + j
-                    for k in range(count):
-                        packed[np.uint64(target + k * width)] = weight[np.uint64(source + k)]
+            # Square blocks of one vector register's width are transposed in registers; only
+            # the edges (inner or a panel's columns not a multiple of it) go value by value.
+            block_inner = inner - inner % lanes
+            block_used = used - used % lanes
+            for k0 in range(0, block_inner, lanes):
+                for j0 in range(0, block_used, lanes):
+                    _transpose_block(packed, base + k0 * width + j0, width, weight, (first + j0) * inner + k0, inner)
+            for j in range(used):
+                source = (first + j) * inner
+                target = base + j
+                for k in range(block_inner if j < block_used else 0, inner):
+                    packed[np.uint64(target + k * width)] = weight[np.uint64(source + k)]
         else:
             for k in range(inner):
                 source = k * cols + first
