@@ -101,7 +101,14 @@ class ShapeResult:
     speedup_forward: float | None = None
     speedup_forward_backward: float | None = None
     gflops_forward_backward: float = 0.0
-    percent_of_gemm: float = 0.0
+    percent_of_gemm: float = 0.0  # forward+backward's, of gemm_gflops_forward_backward
+    gflops_forward: float = 0.0
+    percent_of_gemm_forward: float = 0.0  # of gemm_gflops_forward
+    # The GEMM reference timed in the same rounds as the shape's forward and its
+    # forward+backward (``GEMM_REFERENCE``), so that a drift of the machine's speed moves
+    # both figures of a percentage alike.
+    gemm_gflops_forward: float = 0.0
+    gemm_gflops_forward_backward: float = 0.0
     # With lengths: the batch's lengths, the share of its T*B steps they keep, and fastrnn's
     # times on the same batch at full length with the ratio (lengths / full length).
     lengths: list[int] | None = None
@@ -124,7 +131,8 @@ class TorchApiResult:
     speedup_inference: float  # torch.nn / fastrnn.torch
     speedup_training_step: float
     gflops_training_step: float = 0.0  # fastrnn.torch's
-    percent_of_gemm: float = 0.0
+    percent_of_gemm: float = 0.0  # of gemm_gflops, the GEMM reference timed in the training step's rounds
+    gemm_gflops: float = 0.0
     lengths: list[int] | None = None
     steps_run: float = 1.0
 
@@ -194,18 +202,33 @@ def build_implementations(case: Case, peers: list[str], notes: list[str]) -> dic
     return implementations
 
 
-def gemm_gflops(dtype, size: int = 1024, repeats: int = 10) -> float:
-    """GEMM speed of NumPy's BLAS on this machine, the ceiling quoted next to our figures."""
+# The GEMM reference's name among the timed functions of a shape's rounds.
+GEMM_REFERENCE = "gemm reference"
+GEMM_SIZE = 1024
+
+
+def gemm_timer(dtype, size: int = GEMM_SIZE) -> Callable[[], None]:
+    """One call of NumPy's (size x size) GEMM, into a kept output, for ``interleaved_medians``."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times) / 1e9
+    out = np.empty((size, size), dtype=dtype)
+
+    def multiply() -> None:
+        np.matmul(a, b, out=out)
+
+    return multiply
+
+
+def gemm_rate(seconds: float, size: int = GEMM_SIZE) -> float:
+    """GFLOP/s of one (size x size) GEMM call that took ``seconds``."""
+    return 2.0 * size**3 / seconds / 1e9
+
+
+def gemm_range(rates: list[float]) -> str:
+    """The per-shape GEMM references of a table, as its footer quotes them."""
+    low, high = min(rates), max(rates)
+    return f"{low:.0f} GFLOP/s" if round(low) == round(high) else f"{low:.0f}-{high:.0f} GFLOP/s"
 
 
 # Each block starts with this many seconds of untimed calls. By then, thread pools left
@@ -264,20 +287,27 @@ def run(
             notes.append(f"skipped peer {peer}: {reason}")
         else:
             active.append(peer)
-    # The ceiling is measured before and after the shapes and the faster figure kept: one
-    # measurement that met a noisy moment once put the reference at half its usual speed.
-    gemm = gemm_gflops(dtype)
+    # The ceiling is timed in every shape's rounds, beside fastrnn and the peers: a machine
+    # whose speed drifts (virtual machines do, by 10-20% within minutes) then gives each
+    # percentage of the ceiling from one stretch of time.
+    reference = gemm_timer(dtype)
     results = []
     for index, shape in enumerate(shapes, 1):
         print(f"[{index}/{len(shapes)}] {shape_label(shape)} ...", file=progress, flush=True)
         steps, batch = shape[:2]
         case_lengths = draw_lengths(lengths, steps, batch)
         made = build_implementations(Case.from_shape(cell, shape, dtype, case_lengths, proj_size), active, notes)
-        forward = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
+        forward = interleaved_medians(
+            {**{name: timers[0] for name, timers in made.items()}, GEMM_REFERENCE: reference}, budget, settle
+        )
         both = interleaved_medians(
-            {name: timers[1] for name, timers in made.items() if timers[1] is not None}, budget, settle
+            {**{name: timers[1] for name, timers in made.items() if timers[1] is not None},
+             GEMM_REFERENCE: reference},
+            budget, settle,
         )
         result = ShapeResult(shape, forward["fastrnn"] * 1e3, both["fastrnn"] * 1e3)
+        result.gemm_gflops_forward = gemm_rate(forward[GEMM_REFERENCE])
+        result.gemm_gflops_forward_backward = gemm_rate(both[GEMM_REFERENCE])
         if case_lengths is not None:
             result.lengths = case_lengths.tolist()
             result.steps_run = float(case_lengths.sum()) / (steps * batch)
@@ -285,7 +315,7 @@ def run(
             result.fastrnn_full_length_forward_backward_ms = both[FULL_LENGTH] * 1e3
             result.ratio_to_full_length_forward = forward["fastrnn"] / forward[FULL_LENGTH]
             result.ratio_to_full_length_forward_backward = both["fastrnn"] / both[FULL_LENGTH]
-        peers_run = [name for name in made if name not in ("fastrnn", FULL_LENGTH)]
+        peers_run = [name for name in made if name not in ("fastrnn", FULL_LENGTH, GEMM_REFERENCE)]
         for peer in peers_run:
             result.peers[peer] = {
                 "forward_ms": forward[peer] * 1e3,
@@ -296,12 +326,13 @@ def run(
         if any(p in both for p in peers_run):
             result.speedup_forward_backward = min(both[p] for p in peers_run if p in both) / both["fastrnn"]
         # Only the steps within the lengths are work: the padding past them is not computed.
-        useful_flops = forward_backward_flops(shape, cell, proj_size) * result.steps_run
-        result.gflops_forward_backward = useful_flops / both["fastrnn"] / 1e9
+        useful_flops = forward_flops(shape, cell, proj_size) * result.steps_run
+        result.gflops_forward = useful_flops / forward["fastrnn"] / 1e9
+        result.gflops_forward_backward = 3 * useful_flops / both["fastrnn"] / 1e9
+        result.percent_of_gemm_forward = 100.0 * result.gflops_forward / result.gemm_gflops_forward
+        result.percent_of_gemm = 100.0 * result.gflops_forward_backward / result.gemm_gflops_forward_backward
         results.append(result)
-    gemm = max(gemm, gemm_gflops(dtype))
-    for result in results:
-        result.percent_of_gemm = 100.0 * result.gflops_forward_backward / gemm
+    gemm = max(max(r.gemm_gflops_forward, r.gemm_gflops_forward_backward) for r in results) if results else 0.0
     return results, gemm, notes
 
 
@@ -313,7 +344,7 @@ def run_torch_api(
     step, with the same weights and input; returns the results and the GEMM reference."""
     import fastrnn
 
-    gemm = gemm_gflops(dtype)
+    reference = gemm_timer(dtype)  # timed in the training step's rounds, as in ``run``
     results = []
     fastrnn_torch, torch_nn = TORCH_API_MODULES
     for index, shape in enumerate(shapes, 1):
@@ -325,7 +356,9 @@ def run_torch_api(
         weights = build_case_layer(fastrnn, case).state_dict()
         made = torch_api_timers(case, weights, _data(case)[0])
         inference = interleaved_medians({name: timers[0] for name, timers in made.items()}, budget, settle)
-        training = interleaved_medians({name: timers[1] for name, timers in made.items()}, budget, settle)
+        training = interleaved_medians(
+            {**{name: timers[1] for name, timers in made.items()}, GEMM_REFERENCE: reference}, budget, settle
+        )
         result = TorchApiResult(
             shape,
             inference[fastrnn_torch] * 1e3, training[fastrnn_torch] * 1e3,
@@ -338,10 +371,10 @@ def run_torch_api(
             result.steps_run = float(case_lengths.sum()) / (steps * batch)
         useful_flops = forward_backward_flops(shape, cell) * result.steps_run
         result.gflops_training_step = useful_flops / training[fastrnn_torch] / 1e9
+        result.gemm_gflops = gemm_rate(training[GEMM_REFERENCE])
+        result.percent_of_gemm = 100.0 * result.gflops_training_step / result.gemm_gflops
         results.append(result)
-    gemm = max(gemm, gemm_gflops(dtype))
-    for result in results:
-        result.percent_of_gemm = 100.0 * result.gflops_training_step / gemm
+    gemm = max(r.gemm_gflops for r in results) if results else 0.0
     return results, gemm
 
 
@@ -445,7 +478,7 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
         header += ["steps run", "full-length fwd", "full-length f+b", "lengths/full fwd", "lengths/full f+b"]
     for peer in peers:
         header += [f"{peer} fwd", f"{peer} f+b"]
-    header += ["speedup fwd", "speedup f+b", "GFLOP/s f+b", "% of gemm"]
+    header += ["speedup fwd", "speedup f+b", "GFLOP/s fwd", "% of gemm fwd", "GFLOP/s f+b", "% of gemm f+b"]
     rows = []
     for r in results:
         row = [shape_label(r.shape), f"{r.fastrnn_forward_ms:.3f}", f"{r.fastrnn_forward_backward_ms:.3f}"]
@@ -463,13 +496,17 @@ def format_table(results: list[ShapeResult], peers: list[str], gemm: float) -> s
         row += [
             _times(r.speedup_forward),
             _times(r.speedup_forward_backward),
+            f"{r.gflops_forward:.1f}",
+            f"{r.percent_of_gemm_forward:.0f}%",
             f"{r.gflops_forward_backward:.1f}",
             f"{r.percent_of_gemm:.0f}%",
         ]
         rows.append(row)
     lines = _markdown_table(header, rows)
+    rates = [rate for r in results for rate in (r.gemm_gflops_forward, r.gemm_gflops_forward_backward)]
     footer = ("\nTimes in ms (median over interleaved blocks of calls). Speedup = fastest peer / fastrnn. "
-              f"GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+              f"% of gemm: of NumPy's {GEMM_SIZE}^3 GEMM, timed in the same rounds as each shape's forward "
+              f"and its forward+backward: {gemm_range(rates or [gemm])} in this run.")
     forward_only = [
         peer for peer in peers
         if any(peer in r.peers and r.peers[peer]["forward_backward_ms"] is None for r in results)
@@ -507,7 +544,8 @@ def format_torch_api_table(results: list[TorchApiResult], gemm: float) -> str:
               "`torch.no_grad()`. Train step: the parameters' and x's gradients set to None, then "
               "`out, _ = module(x); out.sum().backward()` in training mode, x requiring grad. Both modules hold "
               "the same weights and take the same input tensor. Speedup = torch.nn / fastrnn.torch; GFLOP/s is "
-              f"fastrnn.torch's train step. GEMM reference in this run: {gemm:.0f} GFLOP/s.")
+              f"fastrnn.torch's train step; % of gemm is of NumPy's {GEMM_SIZE}^3 GEMM, timed in the same rounds "
+              f"as each shape's train steps: {gemm_range([r.gemm_gflops for r in results] or [gemm])} in this run.")
     if with_lengths:
         footer += (" Both modules ran each sequence for its own length: pack_padded_sequence(x, lengths, "
                    "enforce_sorted=False), the module, pad_packed_sequence, all timed; steps run = sum(lengths) / "

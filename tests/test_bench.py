@@ -63,6 +63,38 @@ def test_run_times_fastrnn_and_the_numpy_peer(cell):
     assert "(4,2,3,5,2,bi)" in table and "numpy f+b" in table
 
 
+def test_percent_of_gemm_is_of_the_gemm_timed_in_the_shapes_own_rounds(monkeypatch):
+    # A fake clock per function: the GEMM reference takes 10 ms in the forward's rounds and
+    # 20 ms in the forward+backward's, as if the machine had slowed down in between; each
+    # percentage must use the reference of its own rounds.
+    timed = []
+    real = bench.interleaved_medians
+
+    def fake_medians(functions, budget, settle=bench.SETTLE_SECONDS):
+        medians = real(functions, budget, settle)
+        assert bench.GEMM_REFERENCE in functions
+        timed.append(set(functions))
+        medians[bench.GEMM_REFERENCE] = 0.010 if len(timed) == 1 else 0.020
+        return medians
+
+    monkeypatch.setattr(bench, "interleaved_medians", fake_medians)
+    shape = (4, 2, 3, 5, 2, True)
+    (result,), gemm, _ = run_tiny(["numpy"], shape=shape)
+    flops = bench.forward_flops(shape, "rnn_tanh")
+    assert result.gemm_gflops_forward == pytest.approx(2 * 1024**3 / 0.010 / 1e9)
+    assert result.gemm_gflops_forward_backward == pytest.approx(2 * 1024**3 / 0.020 / 1e9)
+    assert result.gflops_forward == pytest.approx(flops / (result.fastrnn_forward_ms / 1e3) / 1e9)
+    assert result.percent_of_gemm_forward == pytest.approx(100 * result.gflops_forward / result.gemm_gflops_forward)
+    assert result.percent_of_gemm == pytest.approx(
+        100 * result.gflops_forward_backward / result.gemm_gflops_forward_backward
+    )
+    assert gemm == pytest.approx(result.gemm_gflops_forward)
+    assert "numpy" in result.peers and bench.GEMM_REFERENCE not in result.peers
+    table = bench.format_table([result], ["numpy"], gemm)
+    assert "% of gemm fwd" in table and "% of gemm f+b" in table
+    assert "107-215 GFLOP/s in this run" in table
+
+
 def test_full_length_table_has_no_lengths_columns():
     results, gemm, _ = run_tiny(["numpy"])
     assert results[0].lengths is None and results[0].ratio_to_full_length_forward is None
