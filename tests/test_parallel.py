@@ -18,7 +18,6 @@ import pytest
 import fastrnn
 from fastrnn import _parallel
 from fastrnn._kernels.blas import openblas
-from fastrnn._kernels.packed import SHARED_PACKING_BYTES
 
 from .conftest import Config, assert_results_close, make_layers, make_problem, run_layer
 
@@ -76,41 +75,6 @@ def test_parallel_gated_cells_match_reference(cell, options, batch, parallel_eng
     _check_against_reference(cell, options, batch)
     if options.get("bidirectional") or batch > 1:
         assert parallel_engine, "the parallel path was not taken"
-
-
-# Weights past SHARED_PACKING_BYTES, so that the threaded kernels pack them on both threads,
-# each a share of every matrix's panels.
-SHARED_PACKING_CASES = [
-    ("RNN", 512, {"bidirectional": True}),
-    ("LSTM", 256, {"proj_size": 96}),
-    ("LSTM", 256, {"bidirectional": True}),
-    ("GRU", 256, {}),
-]
-
-
-@pytest.mark.parametrize(("cell", "hidden", "options"), SHARED_PACKING_CASES,
-                         ids=[f"{c}-{h}-{o}" for c, h, o in SHARED_PACKING_CASES])
-def test_weights_packed_by_every_thread_give_the_reference_results(cell, hidden, options, parallel_engine):
-    fast = getattr(fastrnn, cell)(40, hidden, dtype=np.float64, seed=0, **options)
-    weights = fast.state_dict()
-    assert sum(weights[name].nbytes for name in weights if name.startswith("weight")) >= SHARED_PACKING_BYTES
-    slow = getattr(fastrnn.reference, cell)(40, hidden, dtype=np.float64, seed=0, **options)
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((3, 2, 40))
-    output, _ = fast(x)
-    expected_output, _ = slow(x)
-    grad_output = rng.standard_normal(output.shape)
-    grad_x, _ = fast.backward(grad_output)
-    expected_grad_x, _ = slow.backward(grad_output)
-    fast.eval()
-    inference_output, _ = fast(x)
-    tolerance = {"rtol": 1e-9, "atol": 1e-11}
-    np.testing.assert_allclose(output, expected_output, **tolerance)
-    np.testing.assert_allclose(inference_output, expected_output, **tolerance)
-    np.testing.assert_allclose(grad_x, expected_grad_x, **tolerance)
-    for name, grad in fast.grads.items():
-        np.testing.assert_allclose(grad, slow.grads[name], err_msg=name, **tolerance)
-    assert parallel_engine, "the parallel path was not taken"
 
 
 ONE_THREAD_CASES = [("RNN", {"num_layers": 2, "bidirectional": True}), ("RNN", {"nonlinearity": "relu"}),

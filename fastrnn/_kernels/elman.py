@@ -25,15 +25,7 @@ from .._config import jit, jit_helper, jit_parallel
 from .activations import relu, tanh
 from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
-from .packed import (
-    PANEL_BYTES,
-    empty_pair,
-    pack_pair_share,
-    pack_shares,
-    packed_floats,
-    packed_product,
-    piece,
-)
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 # Whole-sequence products (input projections, weight and input gradients) go through
@@ -387,30 +379,14 @@ def _forward_layer(
     # On one thread, one GEMM per direction projects every step (BLAS may use its own
     # threads for it); on numba's threads each piece projects step by step (see below).
     project_steps = blas_single_threaded
-    # Packed once per direction, here, and shared by its pieces (on every task's thread when
-    # large): at (B, H) = (64, 1024) in float64 a packed copy per piece (12 MB each) made the
-    # threaded steps 1.5x slower.
-    ih_directions = directions if project_steps else 0  # W_ih is packed only to project per step
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, hidden_size, hidden_size)
+    # Packed once per direction, here, and shared by its pieces: at (B, H) = (64, 1024) in
+    # float64 a packed copy per piece (12 MB each) made the threaded steps 1.5x slower.
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, hidden_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
-        packed_ih_first, packed_ih_second = empty_pair(like, directions, feature_size, hidden_size)
-    shares = pack_shares(
-        like, blas_single_threaded, directions * pieces,
-        packed_floats(like, directions, hidden_size, hidden_size)
-        + packed_floats(like, ih_directions, feature_size, hidden_size),
-    )
-    if shares > 1:
-        for share in prange(shares):
-            pack_pair_share(like, weights_hh, directions, hidden_size, hidden_size, True, packed_hh_first,
-                            packed_hh_second, share, shares)
-            pack_pair_share(like, weights_ih, ih_directions, feature_size, hidden_size, True, packed_ih_first,
-                            packed_ih_second, share, shares)
-    else:
-        pack_pair_share(like, weights_hh, directions, hidden_size, hidden_size, True, packed_hh_first,
-                        packed_hh_second, 0, 1)
-        pack_pair_share(like, weights_ih, ih_directions, feature_size, hidden_size, True, packed_ih_first,
-                        packed_ih_second, 0, 1)
+        packed_ih_first, packed_ih_second = pack_pair(
+            like, weights_ih, directions, feature_size, hidden_size, True
+        )
     for task in prange(directions * pieces):
         direction = task // pieces
         first, rows = row_piece(lengths, batch, pieces, task % pieces)
@@ -446,15 +422,7 @@ def _backward_layer(
     float_size = like.itemsize
     width = directions * hidden_size
     tasks = directions * pieces
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, hidden_size, hidden_size)
-    shares = pack_shares(like, blas_single_threaded, tasks, packed_floats(like, directions, hidden_size, hidden_size))
-    if shares > 1:
-        for share in prange(shares):
-            pack_pair_share(like, weights_hh, directions, hidden_size, hidden_size, False, packed_hh_first,
-                            packed_hh_second, share, shares)
-    else:
-        pack_pair_share(like, weights_hh, directions, hidden_size, hidden_size, False, packed_hh_first,
-                        packed_hh_second, 0, 1)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, hidden_size, False)
     for task in prange(tasks):
         direction = task // pieces
         first, rows = row_piece(lengths, batch, pieces, task % pieces)

@@ -38,15 +38,7 @@ from .gated import (
     zero_rows,
 )
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
-from .packed import (
-    PANEL_BYTES,
-    empty_pair,
-    pack_pair_share,
-    pack_shares,
-    packed_floats,
-    packed_product,
-    piece,
-)
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 GATES = 3
@@ -278,28 +270,10 @@ def _forward_layer(
     # batch pieces, whose rows are not contiguous across steps, project step by step.
     hoisted = gates_given and pieces == 1
     project_steps = not hoisted
-    # Packed once per direction, shared by its pieces, on every task's thread when large.
-    ih_directions = directions if project_steps else 0  # W_ih is packed only to project per step
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, hidden_size, gate_size)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, hidden_size, gate_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
-        packed_ih_first, packed_ih_second = empty_pair(like, directions, features, gate_size)
-    shares = pack_shares(
-        like, blas_single_threaded, directions * pieces,
-        packed_floats(like, directions, hidden_size, gate_size)
-        + packed_floats(like, ih_directions, features, gate_size),
-    )
-    if shares > 1:
-        for share in prange(shares):
-            pack_pair_share(like, weights_hh, directions, hidden_size, gate_size, True, packed_hh_first,
-                            packed_hh_second, share, shares)
-            pack_pair_share(like, weights_ih, ih_directions, features, gate_size, True, packed_ih_first,
-                            packed_ih_second, share, shares)
-    else:
-        pack_pair_share(like, weights_hh, directions, hidden_size, gate_size, True, packed_hh_first, packed_hh_second,
-                        0, 1)
-        pack_pair_share(like, weights_ih, ih_directions, features, gate_size, True, packed_ih_first, packed_ih_second,
-                        0, 1)
+        packed_ih_first, packed_ih_second = pack_pair(like, weights_ih, directions, features, gate_size, True)
     for task in prange(directions * pieces):
         direction = task // pieces
         first, rows = row_piece(lengths, batch, pieces, task % pieces)
@@ -333,15 +307,8 @@ def _backward_layer(
     size = hidden_size
     gate_size = GATES * size
     gate_ld = directions * gate_size
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, gate_size, size)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, gate_size, size, False)
     tasks = directions * pieces
-    shares = pack_shares(like, blas_single_threaded, tasks, packed_floats(like, directions, gate_size, size))
-    if shares > 1:
-        for share in prange(shares):
-            pack_pair_share(like, weights_hh, directions, gate_size, size, False, packed_hh_first, packed_hh_second,
-                            share, shares)
-    else:
-        pack_pair_share(like, weights_hh, directions, gate_size, size, False, packed_hh_first, packed_hh_second, 0, 1)
     for task in prange(tasks):
         direction = task // pieces
         first, rows = row_piece(lengths, batch, pieces, task % pieces)

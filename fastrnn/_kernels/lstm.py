@@ -23,7 +23,7 @@ import numpy as np
 from numba import carray, prange
 
 from .. import _parallel, _scratch
-from .._config import jit, jit_helper, jit_parallel
+from .._config import jit, jit_parallel
 from .activations import sigmoid, tanh
 from .blas import NO_TRANS, TRANS, gemm_at
 from .gated import (
@@ -38,15 +38,7 @@ from .gated import (
     zero_rows,
 )
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
-from .packed import (
-    PANEL_BYTES,
-    empty_pair,
-    pack_pair_share,
-    pack_shares,
-    packed_floats,
-    packed_product,
-    piece,
-)
+from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
 
 GATES = 4
@@ -303,34 +295,6 @@ _backpropagate_compiled = export(
 )
 
 
-@jit_helper
-def _pack_forward_share(
-    like, weights_ih, weights_hh, weights_hr, directions, ih_directions, hr_directions, features, hidden_size,
-    output_size, packed_ih_first, packed_ih_second, packed_hh_first, packed_hh_second, packed_hr_first,
-    packed_hr_second, share, shares,
-):
-    """Share ``share`` of ``shares`` of forward's packing: W_hh^T, W_ih^T for ``ih_directions``
-    directions and W_hr^T for ``hr_directions`` (0: not packed)."""
-    gate_size = GATES * hidden_size
-    pack_pair_share(like, weights_hh, directions, output_size, gate_size, True, packed_hh_first, packed_hh_second,
-                    share, shares)
-    pack_pair_share(like, weights_ih, ih_directions, features, gate_size, True, packed_ih_first, packed_ih_second,
-                    share, shares)
-    pack_pair_share(like, weights_hr, hr_directions, hidden_size, output_size, True, packed_hr_first,
-                    packed_hr_second, share, shares)
-
-
-@jit_helper
-def _pack_backward_share(like, weights_hh, weights_hr, directions, hr_directions, hidden_size, output_size,
-                         packed_hh_first, packed_hh_second, packed_hr_first, packed_hr_second, share, shares):
-    """Share ``share`` of ``shares`` of backward's packing: W_hh and W_hr as stored."""
-    gate_size = GATES * hidden_size
-    pack_pair_share(like, weights_hh, directions, gate_size, output_size, False, packed_hh_first, packed_hh_second,
-                    share, shares)
-    pack_pair_share(like, weights_hr, hr_directions, output_size, hidden_size, False, packed_hr_first,
-                    packed_hr_second, share, shares)
-
-
 def _forward_layer(
     like, layer_input, features, directions, weights_ih, weights_hh, biases_ih, biases_hh, weights_hr, h0, c0,
     hidden, gates, cells, unprojected, keep, batch_sizes, step_starts, lengths, steps, batch, total, hidden_size,
@@ -349,34 +313,14 @@ def _forward_layer(
     # batch pieces, whose rows are not contiguous across steps, project step by step.
     hoisted = gates_given and pieces == 1
     project_steps = not hoisted
-    # Packed once per direction, shared by its pieces, on every task's thread when large.
-    ih_directions = directions if project_steps else 0  # W_ih is packed only to project per step
-    hr_directions = directions if projected else 0
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, output_size, gate_size)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, output_size, gate_size, True)
     packed_ih_first, packed_ih_second = packed_hh_first, packed_hh_second  # not read unless projecting per step
     if project_steps:
-        packed_ih_first, packed_ih_second = empty_pair(like, directions, features, gate_size)
+        packed_ih_first, packed_ih_second = pack_pair(like, weights_ih, directions, features, gate_size, True)
     packed_hr_first, packed_hr_second = packed_hh_first, packed_hh_second  # not read without a projection
     if projected:
-        packed_hr_first, packed_hr_second = empty_pair(like, directions, hidden_size, output_size)
-    shares = pack_shares(
-        like, blas_single_threaded, directions * pieces,
-        packed_floats(like, directions, output_size, gate_size)
-        + packed_floats(like, ih_directions, features, gate_size)
-        + packed_floats(like, hr_directions, hidden_size, output_size),
-    )
-    if shares > 1:
-        for share in prange(shares):
-            _pack_forward_share(
-                like, weights_ih, weights_hh, weights_hr, directions, ih_directions, hr_directions, features,
-                hidden_size, output_size, packed_ih_first, packed_ih_second, packed_hh_first, packed_hh_second,
-                packed_hr_first, packed_hr_second, share, shares,
-            )
-    else:
-        _pack_forward_share(
-            like, weights_ih, weights_hh, weights_hr, directions, ih_directions, hr_directions, features, hidden_size,
-            output_size, packed_ih_first, packed_ih_second, packed_hh_first, packed_hh_second, packed_hr_first,
-            packed_hr_second, 0, 1,
+        packed_hr_first, packed_hr_second = pack_pair(
+            like, weights_hr, directions, hidden_size, output_size, True
         )
     for task in prange(directions * pieces):
         direction = task // pieces
@@ -414,24 +358,13 @@ def _backward_layer(
     float_size = like.itemsize
     gate_size = GATES * hidden_size
     gate_ld = directions * gate_size
-    hr_directions = directions if projected else 0
-    packed_hh_first, packed_hh_second = empty_pair(like, directions, gate_size, output_size)
+    packed_hh_first, packed_hh_second = pack_pair(like, weights_hh, directions, gate_size, output_size, False)
     packed_hr_first, packed_hr_second = packed_hh_first, packed_hh_second
     if projected:
-        packed_hr_first, packed_hr_second = empty_pair(like, directions, output_size, hidden_size)
+        packed_hr_first, packed_hr_second = pack_pair(
+            like, weights_hr, directions, output_size, hidden_size, False
+        )
     tasks = directions * pieces
-    shares = pack_shares(
-        like, blas_single_threaded, tasks,
-        packed_floats(like, directions, gate_size, output_size)
-        + packed_floats(like, hr_directions, output_size, hidden_size),
-    )
-    if shares > 1:
-        for share in prange(shares):
-            _pack_backward_share(like, weights_hh, weights_hr, directions, hr_directions, hidden_size, output_size,
-                                 packed_hh_first, packed_hh_second, packed_hr_first, packed_hr_second, share, shares)
-    else:
-        _pack_backward_share(like, weights_hh, weights_hr, directions, hr_directions, hidden_size, output_size,
-                             packed_hh_first, packed_hh_second, packed_hr_first, packed_hr_second, 0, 1)
     for task in prange(tasks):
         direction = task // pieces
         first, rows = row_piece(lengths, batch, pieces, task % pieces)

@@ -293,8 +293,7 @@ def _transpose_block(typingctx, dst, dst_offset, dst_ld, src, src_offset, src_ld
     return signature, codegen
 
 
-def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size, first_panel, end_panel):
-    """Pack panels ``first_panel:end_panel`` of B (see ``pack_bytes``) into ``packed``."""
+def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed_size):
     weight = carray(weight_pointer, inner * cols)
     packed = carray(packed_pointer, packed_size)
     transposed_source = transposed_source != 0
@@ -303,7 +302,7 @@ def _pack(weight_pointer, inner, cols, transposed_source, packed_pointer, packed
     width = PANEL_BYTES // weight.itemsize
     lanes = VECTOR_BYTES // weight.itemsize
     zero = weight.dtype.type(0.0)
-    for p in range(first_panel, end_panel):
+    for p in range((cols + width - 1) // width):
         first = p * width
         used = min(width, cols - first)
         base = p * inner * width
@@ -373,7 +372,7 @@ def _product(
 
 _pack_compiled = export(
     "pack", _pack, weight_pointer=ARRAY, inner=INDEX, cols=INDEX, transposed_source=INDEX,
-    packed_pointer=ARRAY, packed_size=INDEX, first_panel=INDEX, end_panel=INDEX,
+    packed_pointer=ARRAY, packed_size=INDEX,
 )
 _product_compiled = export(
     "packed_product", _product, src_pointer=ARRAY, src_ld=INDEX, packed_pointer=ARRAY, packed_size=INDEX,
@@ -383,29 +382,15 @@ _product_compiled = export(
 
 
 @jit_helper
-def empty_packed(like, inner, cols):
-    """An uninitialised buffer for ``pack_bytes``' result, to be filled by ``pack_share``."""
-    width = PANEL_BYTES // like.itemsize
-    return np.empty((cols + width - 1) // width * inner * width * like.itemsize, dtype=np.uint8)
-
-
-@jit_helper
-def pack_share(like, weight, inner, cols, transposed_source, packed, share, shares):
-    """Pack share ``share`` of ``shares`` near-equal ranges of panels into ``packed``
-    (``empty_packed``), so that threads can pack one matrix together."""
-    width = PANEL_BYTES // like.itemsize
-    first, count = piece((cols + width - 1) // width, shares, share)
-    _pack_compiled(like, weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data,
-                   packed.size // like.itemsize, first, first + count)
-
-
-@jit_helper
 def pack_bytes(like, weight, inner, cols, transposed_source):
     """B (inner x cols) in panels, as bytes of floats of ``like``'s dtype; B is ``weight``
     (inner, cols), or its transpose if ``transposed_source``, when ``weight`` is
     (cols, inner) as PyTorch stores W_ih and W_hh. ``weight`` may be bytes as well."""
-    packed = empty_packed(like, inner, cols)
-    pack_share(like, weight, inner, cols, transposed_source, packed, 0, 1)
+    float_size = like.itemsize
+    width = PANEL_BYTES // float_size
+    count = (cols + width - 1) // width * inner * width
+    packed = np.empty(count * float_size, dtype=np.uint8)
+    _pack_compiled(like, weight.ctypes.data, inner, cols, transposed_source, packed.ctypes.data, count)
     return packed
 
 
@@ -432,37 +417,9 @@ def piece(count, pieces, index):
     return first, (index + 1) * count // pieces - first
 
 
-# A layer on numba's threads packs its weights on all of them once they take this many
-# bytes (every matrix of every direction): an extra parallel region costs a few
-# microseconds, and one thread packs about 1 MiB in 30-40 us.
-SHARED_PACKING_BYTES = 2**20
-
-
 @jit_helper
-def pack_shares(like, threaded, tasks, floats):
-    """How many shares the packing of ``floats`` floats is cut into: the layer's tasks when
-    it runs on numba's threads and the weights are large, else 1 (packed on this thread)."""
-    return tasks if threaded and tasks > 1 and floats * like.itemsize >= SHARED_PACKING_BYTES else 1
-
-
-@jit_helper
-def packed_floats(like, directions, inner, cols):
-    """The floats ``empty_pair`` holds for ``directions`` directions of B (inner x cols)."""
-    width = PANEL_BYTES // like.itemsize
-    return directions * ((cols + width - 1) // width) * inner * width
-
-
-@jit_helper
-def empty_pair(like, directions, inner, cols):
-    """``empty_packed`` buffers for each direction's packed weights; one direction fills both slots."""
-    first = empty_packed(like, inner, cols)
-    second = empty_packed(like, inner, cols) if directions == 2 else first
+def pack_pair(like, weights, directions, inner, cols, transposed_source):
+    """The packed weights of each direction (``pack_bytes``); one direction fills both slots."""
+    first = pack_bytes(like, weights[0], inner, cols, transposed_source)
+    second = pack_bytes(like, weights[1], inner, cols, transposed_source) if directions == 2 else first
     return first, second
-
-
-@jit_helper
-def pack_pair_share(like, weights, directions, inner, cols, transposed_source, first, second, share, shares):
-    """``pack_share`` for each of ``directions`` directions (0: nothing) into ``empty_pair``'s buffers."""
-    for direction in range(directions):
-        pack_share(like, weights[direction], inner, cols, transposed_source, first if direction == 0 else second,
-                   share, shares)
