@@ -51,6 +51,20 @@ TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
 INNER_CHUNK = 256
 
 
+def _argument_readers(context, builder, signature, args):
+    """For an intrinsic's code generation: ``index(i)``, argument i as a 64-bit integer, and
+    ``data(i)``, the data pointer of array argument i."""
+    arg_types = signature.args
+
+    def index(position):
+        return context.cast(builder, args[position], arg_types[position], types.int64)
+
+    def data(position):
+        return context.make_array(arg_types[position])(context, builder, args[position]).data
+
+    return index, data
+
+
 def _tile_kernel(tile_rows: int, chains: int, panels: int = 1):
     """An intrinsic: c[tile_rows, panels*w] += a[tile_rows, :count] @ (``panels`` panels)[:count].
 
@@ -71,12 +85,7 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1):
         def codegen(context, builder, signature, args):
             arg_types = signature.args
             i64 = ir.IntType(64)
-
-            def index(position):
-                return context.cast(builder, args[position], arg_types[position], types.int64)
-
-            def data(position):
-                return context.make_array(arg_types[position])(context, builder, args[position]).data
+            index, data = _argument_readers(context, builder, signature, args)
 
             def constant(value):
                 return ir.Constant(i64, value)
@@ -258,13 +267,7 @@ def _transpose_block(typingctx, dst, dst_offset, dst_ld, src, src_offset, src_ld
     def codegen(context, builder, signature, args):
         arg_types = signature.args
         i64 = ir.IntType(64)
-
-        def index(position):
-            return context.cast(builder, args[position], arg_types[position], types.int64)
-
-        def data(position):
-            return context.make_array(arg_types[position])(context, builder, args[position]).data
-
+        index, data = _argument_readers(context, builder, signature, args)
         dtype = arg_types[0].dtype
         lanes = VECTOR_BYTES * 8 // dtype.bitwidth
         vector = ir.VectorType(context.get_data_type(dtype), lanes)
