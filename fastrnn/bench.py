@@ -326,9 +326,10 @@ def run(
         if any(p in both for p in peers_run):
             result.speedup_forward_backward = min(both[p] for p in peers_run if p in both) / both["fastrnn"]
         # Only the steps within the lengths are work: the padding past them is not computed.
-        useful_flops = forward_flops(shape, cell, proj_size) * result.steps_run
-        result.gflops_forward = useful_flops / forward["fastrnn"] / 1e9
-        result.gflops_forward_backward = 3 * useful_flops / both["fastrnn"] / 1e9
+        result.gflops_forward = forward_flops(shape, cell, proj_size) * result.steps_run / forward["fastrnn"] / 1e9
+        result.gflops_forward_backward = (
+            forward_backward_flops(shape, cell, proj_size) * result.steps_run / both["fastrnn"] / 1e9
+        )
         result.percent_of_gemm_forward = 100.0 * result.gflops_forward / result.gemm_gflops_forward
         result.percent_of_gemm = 100.0 * result.gflops_forward_backward / result.gemm_gflops_forward_backward
         results.append(result)

@@ -151,18 +151,17 @@ def _states_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def _state_argument(arrays: Sequence[np.ndarray | None]):
-    """The front end's state argument: one array, a pair for LSTM, or None for zeros."""
-    if all(array is None for array in arrays):
+def _state_argument(states: Sequence[torch.Tensor | None]):
+    """The front end's state argument for the tensors of each state (None: zeros): one
+    array, a pair for LSTM, or None when no state is given."""
+    if states.count(None) == len(states):  # the usual call: nothing to convert, no list to build
         return None
+    arrays = [None if state is None else _as_array(state) for state in states]
     return arrays[0] if len(arrays) == 1 else tuple(arrays)
 
 
 def _run_arrays(call: StackCall, x: torch.Tensor, states: Sequence[torch.Tensor | None], requires_grad: bool):
-    hx = None  # the usual call gives no state: no list to build
-    if states.count(None) != len(states):
-        hx = _state_argument([None if state is None else _as_array(state) for state in states])
-    output, finals, saved = call.forward(_as_array(x), hx, requires_grad)
+    output, finals, saved = call.forward(_as_array(x), _state_argument(states), requires_grad)
     return _as_tensor(output), tuple([_as_tensor(final) for final in finals]), saved
 
 
@@ -202,7 +201,7 @@ class StackFunction(torch.autograd.Function):
 def _first_order_backward(ctx, marker: torch.Tensor | None, grad_output: torch.Tensor, *grad_finals: torch.Tensor):
     ctx.saved_tensors  # noqa: B018 -- the read raises if a saved tensor was modified in place
     call: StackCall = ctx.call
-    grad_state = _state_argument([_as_array(grad) for grad in grad_finals])
+    grad_state = _state_argument(grad_finals)
     grad_x, grad_initials, param_grads = call.backward(ctx.fastrnn_saved, _as_array(grad_output), grad_state)
     needs = ctx.needs_input_grad  # (call, x, *states, *params)
     grads: list[torch.Tensor | None] = [None, torch.from_numpy(grad_x) if needs[1] else None]
