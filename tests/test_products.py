@@ -44,6 +44,11 @@ def _accumulate_gradient(a, a_offset, lda, b, b_offset, ldb, c, c_offset, ldc, m
 SHAPES = [
     (1, 1, 1),
     (1, 32, 64),  # one row: the tile kernel with several accumulator chains
+    # One row over an odd count of full panels: the first three in one tile, then pairs
+    # (panels of 32, 16 or 8 values: 3, 7 or 21 full ones among these, with and without an edge).
+    (1, 32, 96),
+    (1, 40, 112),
+    (1, 300, 170),
     (2, 40, 100),  # under 3 rows: panels in pairs, then a single one and an edge
     (3, 40, 100),  # three rows: one tile of 3 per panel, and an edge
     (2, 300, 64),  # two rows over a pair of panels, the inner dimension in two chunks

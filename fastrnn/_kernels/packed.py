@@ -195,6 +195,10 @@ _tile1 = _tile_kernel(1, 4)
 # the loop trips of one panel at a time.
 _tile2_two_panels = _tile_kernel(2, 1, 2)
 _tile1_two_panels = _tile_kernel(1, 2, 2)
+# One row across three panels: with an odd count of full panels (a GRU's 3H columns at
+# H = 32, say) the last one otherwise takes a pass of its own. Six accumulators already
+# keep the multiply-adds busy, so one chain, which also fits AVX2's 16 registers.
+_tile1_three_panels = _tile_kernel(1, 1, 3)
 
 
 @jit_helper
@@ -352,8 +356,15 @@ def _product(
     for r in range(rows if edge_cols else 0):
         for c in range(width):
             scratch[r * width + c] = dst[edge_at + r * dst_ld + c] if c < edge_cols else zero
-    paired = full_panels - full_panels % 2 if rows < 3 else 0
-    for p in range(0, paired, 2):
+    first_pair = 0
+    if rows == 1 and full_panels >= 3 and full_panels % 2 == 1:
+        for k0 in range(0, inner, INNER_CHUNK):
+            _tile1_three_panels(
+                dst, 0, dst_ld, src, k0, src_ld, packed, k0 * width, min(INNER_CHUNK, inner - k0), inner * width
+            )
+        first_pair = 3
+    paired = full_panels - (full_panels - first_pair) % 2 if rows < 3 else 0
+    for p in range(first_pair, paired, 2):
         for k0 in range(0, inner, INNER_CHUNK):
             _few_rows_two_panels(
                 dst, p * width, dst_ld, src, k0, src_ld, packed, (p * inner + k0) * width,
