@@ -45,7 +45,7 @@ SHAPES = [
     (1, 1, 1),
     (1, 32, 64),  # one row: the tile kernel with several accumulator chains
     # One row over an odd count of full panels: the first three in one tile, then pairs
-    # (panels of 32, 16 or 8 values: 3, 7 or 21 full ones among these, with and without an edge).
+    # (panels of 32, 16 or 8 values: 3, 5, 7 or 21 full ones among these, with and without an edge).
     (1, 32, 96),
     (1, 40, 112),
     (1, 300, 170),
