@@ -48,16 +48,16 @@ SHAPES = [
     # (panels of 32, 16 or 8 values: 3, 5, 7 or 21 full ones among these, with and without an edge).
     (1, 32, 96),
     (1, 40, 112),
-    (1, 300, 170),
+    (1, 600, 170),
     (2, 40, 100),  # under 3 rows: panels in pairs, then a single one and an edge
     (3, 40, 100),  # three rows: one tile of 3 per panel, and an edge
-    (2, 300, 64),  # two rows over a pair of panels, the inner dimension in two chunks
+    (2, 600, 64),  # two rows over a pair of panels, the inner dimension in two chunks
     (3, 17, 33),  # one full panel and a one-column edge
     (5, 33, 64),  # tiles of 5 (of 4 and 1 where TILE_ROWS is 4)
     (6, 70, 96),  # tiles of 6 (4 and 2)
-    (13, 300, 65),  # rows in tiles of 8 and 5 (4s and 1); inner dimension in two chunks
+    (13, 600, 65),  # rows in tiles of 8 and 5 (4s and 1); inner dimension in two chunks
     (16, 128, 128),
-    (7, 600, 40),  # tiles of 7 (4 and 3), three chunks of the inner dimension, an edge panel
+    (7, 1200, 40),  # tiles of 7 (4 and 3), three chunks of the inner dimension, an edge panel
     (64, 1024, 96),
 ]
 
