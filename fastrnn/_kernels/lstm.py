@@ -249,12 +249,13 @@ def _backpropagate(
                 cell_before = c0[(first_row + r) * size :][:size]
             grad_result = source[source_at + r * source_ld :][:size]
             carried_grad = grad_cell[r * size : (r + 1) * size]
-            # Loops of a few arrays each, so that each is vector code (see ``_recur``).
+            # Loops of a few arrays each, so that each is vector code (see ``_recur``). The
+            # first takes five, which still vectorises, so that tanh(c) is computed once: in a
+            # standalone loop over these lines the gate gradients took 0.76-0.87x the time
+            # of two loops computing it twice, with the same results to the bit.
             for j in range(size):
                 tanh_c = tanh(cell[j])
                 grad_o[j] = grad_result[j] * tanh_c * gate_o[j] * (one - gate_o[j])
-            for j in range(size):
-                tanh_c = tanh(cell[j])
                 carried_grad[j] += grad_result[j] * gate_o[j] * (one - tanh_c * tanh_c)
             for j in range(size):
                 grad_i[j] = carried_grad[j] * gate_g[j] * gate_i[j] * (one - gate_i[j])
