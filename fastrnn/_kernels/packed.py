@@ -86,7 +86,7 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1, prefetch: bool = 
     dimension go round-robin to that many sets of accumulators, summed at the end: a tile
     of one or two rows has too few accumulators to hide the latency of a multiply-add
     otherwise. With ``prefetch`` each step also asks for the panels ``PREFETCH_BYTES``
-    ahead (a hint: addresses past the end are never read).
+    ahead: a hint, which does not fault where that runs past the end of the panels.
     """
     row_vectors = panels * PANEL_VECTORS
 
@@ -115,9 +115,10 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1, prefetch: bool = 
             )
             byte_pointer = ir.IntType(8).as_pointer()
             i32 = ir.IntType(32)
-            prefetch_into_l2 = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8"
-            )
+            if prefetch:
+                prefetch_into_l2 = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8"
+                )
             broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             undefined = ir.Constant(vector, ir.Undefined)
             ldc, lda, count = index(2), index(5), index(8)
