@@ -53,12 +53,15 @@ TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4
 # training, float32 and float64, AVX-512 and AVX2 builds, on Zen 4); 1024 and 4096 did
 # no better than 512. Products over at most 256 steps are unchanged.
 INNER_CHUNK = 512
-# How far ahead, in bytes of a panel, the full-height tile asks for the panel to be brought
-# into L2. A weight larger than L2 streams from L3 or memory once per step, and the first
-# row tile of each pass waited for it. On Zen 4 the (50, 64, 512, 1024) layers took
-# 0.82-0.98x the time with it (LSTM, GRU and RNN; float32 and float64; AVX-512 and AVX2
-# builds), shapes whose weights fit in L2 were unchanged (0.99-1.01x), and 4 KiB ahead
-# gained less (0.97-0.99x).
+# How far ahead, in bytes of a panel, the tiles of four rows or more ask for the panel to
+# be brought into L2. A weight larger than L2 streams from L3 or memory once per step, and
+# the first row tile of each pass waited for it. On Zen 4 the (50, 64, 512, 1024) layers
+# took 0.82-0.98x the time with it (LSTM, GRU and RNN; float32 and float64; AVX-512 and
+# AVX2 builds), and an LSTM forward at (50, B, 512, 1024) 0.80x, 0.83x and 0.81x with the
+# batch pieces of 4, 5 and 6 rows that B = 8, 10 and 12 give. Where the weights fit in L2
+# it cost nothing measurable from 6 rows up and 0-2.5% at 4 and 5; tiles of 3 rows lost
+# 4-8% there and tiles of 1 or 2 rows 1-15%, large weights or not, so they go without.
+# 4 KiB ahead gained less (0.97-0.99x).
 PREFETCH_BYTES = 16 * 2**10
 
 
@@ -208,11 +211,11 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1, prefetch: bool = 
     return tile
 
 
-_tile8 = _tile_kernel(8, 1, prefetch=TILE_ROWS == 8)
-_tile7 = _tile_kernel(7, 1)
-_tile6 = _tile_kernel(6, 1)
-_tile5 = _tile_kernel(5, 1)
-_tile4 = _tile_kernel(4, 1, prefetch=TILE_ROWS == 4)
+_tile8 = _tile_kernel(8, 1, prefetch=True)
+_tile7 = _tile_kernel(7, 1, prefetch=True)
+_tile6 = _tile_kernel(6, 1, prefetch=True)
+_tile5 = _tile_kernel(5, 1, prefetch=True)
+_tile4 = _tile_kernel(4, 1, prefetch=True)
 _tile3 = _tile_kernel(3, 1)
 _tile2 = _tile_kernel(2, 2)
 _tile1 = _tile_kernel(1, 4)
