@@ -63,6 +63,7 @@ INNER_CHUNK = 512
 # 4-8% there and tiles of 1 or 2 rows 1-15%, large weights or not, so they go without.
 # 4 KiB ahead gained less (0.97-0.99x).
 PREFETCH_BYTES = 16 * 2**10
+CACHE_LINE_BYTES = 64  # one prefetch per line of a panel's row
 
 
 def _argument_readers(context, builder, signature, args):
@@ -116,9 +117,9 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1, prefetch: bool = 
                 ir.FunctionType(vector, [vector, vector, vector]),
                 f"llvm.fma.v{lanes}{'f32' if dtype.bitwidth == 32 else 'f64'}",
             )
-            byte_pointer = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
             if prefetch:
+                byte_pointer = ir.IntType(8).as_pointer()
+                i32 = ir.IntType(32)
                 prefetch_into_l2 = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8"
                 )
@@ -144,7 +145,7 @@ def _tile_kernel(tile_rows: int, chains: int, panels: int = 1, prefetch: bool = 
                     if prefetch:
                         ahead = builder.gep(panel_row, [constant(PREFETCH_BYTES // align)])
                         ahead = builder.bitcast(ahead, byte_pointer)
-                        for line in range(0, PANEL_BYTES, 64):
+                        for line in range(0, PANEL_BYTES, CACHE_LINE_BYTES):
                             # Read access, locality 2 (L2 and beyond), data cache.
                             arguments = [builder.gep(ahead, [constant(line)]), i32(0), i32(2), i32(1)]
                             builder.call(prefetch_into_l2, arguments)
