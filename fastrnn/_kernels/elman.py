@@ -27,6 +27,7 @@ from .blas import NO_TRANS, TRANS, gemm, gemm_at
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
+from .workspace import keep_alive, uncounted
 
 # Whole-sequence products (input projections, weight and input gradients) go through
 # OpenBLAS; the per-step products go through ``packed_product``.
@@ -144,7 +145,8 @@ def _recur(
     use_relu = use_relu != 0
     h_n = carray(h_n, batch * hidden_size)
     bias = bias_ih + bias_hh
-    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
+    workspace = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=hidden.dtype)
+    scratch = uncounted(workspace)
     previous_at = 0
     previous_rows = 0  # rows of this piece that took the step run before
     for s in range(steps):
@@ -176,6 +178,7 @@ def _recur(
         _activate_block(hidden, current, width, active, hidden_size, bias, use_relu)
         previous_at, previous_rows = current, active
     take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, width, offset, h0, h_n, hidden_size)
+    keep_alive(workspace)
 
 
 def _backpropagate(
@@ -200,7 +203,8 @@ def _backpropagate(
     reverse = reverse != 0
     use_relu = use_relu != 0
     grad_h0 = carray(grad_h0, batch * hidden_size)
-    scratch = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
+    workspace = np.empty(rows * (PANEL_BYTES // grad_hidden.itemsize), dtype=grad_hidden.dtype)
+    scratch = uncounted(workspace)
     seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, width, offset, grad_h0,
                          hidden_size)
     for s in range(steps):
@@ -221,6 +225,7 @@ def _backpropagate(
                 grad_hidden, current + carried * width, width, packed_hh, grad_h0, (first_row + carried) * hidden_size,
                 hidden_size, active - carried, hidden_size, hidden_size, scratch,
             )
+    keep_alive(workspace)
 
 
 # The recurrences through time hold the step products and the activations: the code

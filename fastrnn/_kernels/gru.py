@@ -40,6 +40,7 @@ from .gated import (
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
+from .workspace import keep_alive, split, uncounted
 
 GATES = 3
 
@@ -82,17 +83,23 @@ def _recur(
     bias_r = bias_ih[:size] + bias_hh[:size]
     bias_z = bias_ih[size : 2 * size] + bias_hh[size : 2 * size]
     bias_in, bias_hn = bias_ih[2 * size :], bias_hh[2 * size :]
-    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
-    products = np.empty(rows * gate_size, dtype=dtype)
+    scratch_size = rows * (PANEL_BYTES // hidden.itemsize)
+    own_gates = 0 if gates_given else rows * gate_size
+    own_n = 0 if keep else rows * size
+    workspace = np.empty(scratch_size + rows * gate_size + own_gates + own_n, dtype=dtype)
+    scratch, free = split(uncounted(workspace), scratch_size)
+    products, free = split(free, rows * gate_size)
     out_ld = directions * size
     if gates_given:
         gate_buffer, gate_ld = gates, directions * gate_size
     else:
-        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+        gate_buffer, free = split(free, own_gates)
+        gate_ld = gate_size
     if keep:
         n_buffer, n_ld = hidden_n, directions * size
     else:
-        n_buffer, n_ld = np.empty(rows * size, dtype=dtype), size
+        n_buffer, free = split(free, own_n)
+        n_ld = size
     previous_at = 0
     previous_rows = 0  # rows of this piece that took the step run before
     reverse = direction == 1
@@ -146,6 +153,7 @@ def _recur(
                 result[j] = (one - gate_z[j]) * gate_n[j] + gate_z[j] * before[j]
         previous_at, previous_rows = out_at, active
     take_final_states(lengths, step_starts, first_row, rows, reverse, hidden, out_ld, direction * size, h0, h_n, size)
+    keep_alive(workspace)
 
 
 def _backpropagate(
@@ -179,8 +187,9 @@ def _backpropagate(
     gate_size = GATES * size
     dtype = gates.dtype
     one = dtype.type(1.0)
-    scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
-    hidden_side = np.empty(rows * gate_size, dtype=dtype)
+    scratch_size = rows * (PANEL_BYTES // gates.itemsize)
+    workspace = np.empty(scratch_size + rows * gate_size, dtype=dtype)
+    scratch, hidden_side = split(uncounted(workspace), scratch_size)
     gate_ld, n_ld, out_ld = directions * gate_size, directions * size, directions * size
     reverse = direction == 1
     seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, out_ld,
@@ -235,6 +244,7 @@ def _backpropagate(
         if active > carried:
             packed_product(hidden_side, carried * gate_size, gate_size, packed_hh, grad_h0,
                            (first_row + carried) * size, size, active - carried, gate_size, size, scratch)
+    keep_alive(workspace)
 
 
 _recur_compiled = export(

@@ -40,6 +40,7 @@ from .gated import (
 from .native import ARRAY, BACKWARD, INDEX, INDICES, export
 from .packed import PANEL_BYTES, pack_pair, packed_product, piece
 from .schedule import backward_step, forward_step, row_piece, seed_final_gradients, take_final_states
+from .workspace import keep_alive, split, uncounted
 
 GATES = 4
 
@@ -85,19 +86,25 @@ def _recur(
     gate_size = GATES * size
     bias = bias_ih[:gate_size] + bias_hh[:gate_size]
     bias_i, bias_f, bias_g, bias_o = bias[:size], bias[size : 2 * size], bias[2 * size : 3 * size], bias[3 * size :]
-    dtype = hidden.dtype
-    scratch = np.empty(rows * (PANEL_BYTES // hidden.itemsize), dtype=dtype)
+    scratch_size = rows * (PANEL_BYTES // hidden.itemsize)
+    own_gates = 0 if gates_given else rows * gate_size
+    own_cells = 0 if keep else rows * size
+    own_unprojected = own_cells if projected else 0
+    workspace = np.empty(scratch_size + own_gates + own_cells + own_unprojected, dtype=hidden.dtype)
+    scratch, free = split(uncounted(workspace), scratch_size)
     out_ld = directions * output_size
     if gates_given:
         gate_buffer, gate_ld = gates, directions * gate_size
     else:
-        gate_buffer, gate_ld = np.empty(rows * gate_size, dtype=dtype), gate_size
+        gate_buffer, free = split(free, own_gates)
+        gate_ld = gate_size
     if keep:
         cell_buffer, cell_ld = cells, directions * size
         unprojected_buffer = unprojected
     else:
-        cell_buffer, cell_ld = np.empty(rows * size, dtype=dtype), size
-        unprojected_buffer = np.empty(rows * size if projected else 0, dtype=dtype)
+        cell_buffer, free = split(free, own_cells)
+        unprojected_buffer, free = split(free, own_unprojected)
+        cell_ld = size
     previous_at = 0
     cell_previous_at = 0
     previous_rows = 0  # rows of this piece that took the step run before
@@ -174,6 +181,7 @@ def _recur(
             source, at = (c0, row * size) if lengths[row] == 0 else (cell_buffer, r * size)
             for c in range(size):
                 c_n[row * size + c] = source[at + c]
+    keep_alive(workspace)
 
 
 def _backpropagate(
@@ -208,15 +216,15 @@ def _backpropagate(
     grad_gates = carray(grad_gates, sequence * GATES * hidden_size)
     size = hidden_size
     gate_size = GATES * size
-    dtype = gates.dtype
-    one = dtype.type(1.0)
-    scratch = np.empty(rows * (PANEL_BYTES // gates.itemsize), dtype=dtype)
+    one = gates.dtype.type(1.0)
+    scratch_size = rows * (PANEL_BYTES // gates.itemsize)
+    workspace = np.empty(scratch_size + rows * size * (2 if projected else 1), dtype=gates.dtype)
+    scratch, free = split(uncounted(workspace), scratch_size)
+    grad_cell, grad_unprojected = split(free, rows * size)
     gate_ld, cell_ld, out_ld = directions * gate_size, directions * size, directions * output_size
-    grad_cell = np.empty(rows * size, dtype=dtype)
     for r in range(rows):
         for j in range(size):
             grad_cell[r * size + j] = grad_c_n[(first_row + r) * size + j]
-    grad_unprojected = np.empty(rows * size if projected else 0, dtype=dtype)
     reverse = direction == 1
     seed_final_gradients(lengths, step_starts, first_row, rows, reverse, grad_h_n, grad_hidden, out_ld,
                          direction * output_size, grad_h0, output_size)
@@ -276,6 +284,7 @@ def _backpropagate(
     for r in range(rows):
         for j in range(size):
             grad_c0[(first_row + r) * size + j] = grad_cell[r * size + j]
+    keep_alive(workspace)
 
 
 _recur_compiled = export(
