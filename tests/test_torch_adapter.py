@@ -150,6 +150,32 @@ def test_layers_match_torch(case):
     assert_same(run_layer(fast, mode, with_hx, dtype), run_layer(reference, mode, with_hx, dtype), dtype)
 
 
+def gradients_of_some_results(module: nn.Module, used: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Every gradient of a loss on only the ``used`` results of a layer call (output, h_n, c_n)."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(STEPS, BATCH, INPUT, generator=generator, dtype=torch.float64).requires_grad_()
+    shapes = state_shapes(module, BATCH)
+    hx = [torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_() for shape in shapes]
+    output, state = module(x, from_tuple(tuple(hx)))
+    results = dict(zip(("output", "h_n", "c_n"), (output, *as_tuple(state)), strict=False))
+    sum((results[name] * loss_weights(results[name])).sum() for name in used).backward()
+    grads = {"x": x.grad, **{f"state {i}": state.grad for i, state in enumerate(hx)}}
+    return {**grads, **{name: param.grad for name, param in module.named_parameters()}}
+
+
+@pytest.mark.parametrize(("name", "used"), [
+    ("RNN", ("h_n",)), ("GRU", ("output",)), ("LSTM", ("h_n",)), ("LSTM", ("c_n",)), ("LSTM", ("output", "c_n")),
+])
+def test_gradients_of_losses_on_some_results_match_torch(name, used):
+    # The results a loss leaves out reach backward as None, not as zeros.
+    reference, fast = twins(name, torch.float64, num_layers=2)
+    expected = gradients_of_some_results(reference, used)
+    actual = gradients_of_some_results(fast, used)
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
 CELL_CASES = [
     # (class, constructor arguments, batched, hx given, dtype)
     ("RNNCell", {}, True, True, F32),
