@@ -15,6 +15,9 @@ JIT_OPTIONS = {
     "fastmath": set(FASTMATH_FLAGS),
     "error_model": "numpy",
 }
+# The kernels compiled as C functions (``_kernels.native``) take the same options; a C
+# function has no GIL to release.
+C_FUNCTION_OPTIONS = {key: JIT_OPTIONS[key] for key in ("cache", "fastmath", "error_model")}
 
 
 def jit(function):

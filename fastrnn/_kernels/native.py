@@ -25,7 +25,7 @@ import numpy as np
 from numba import cfunc, types
 from numba.extending import overload
 
-from .._config import FASTMATH_FLAGS
+from .._config import C_FUNCTION_OPTIONS
 
 FLOAT_TYPES = {"float32": types.float32, "float64": types.float64}
 
@@ -142,11 +142,9 @@ def ensure_compiled(dtype, stage: str | None = None) -> None:
                 continue
             if dtype_name not in item.compiled:
                 signature = types.void(*item.argument_types(scalar))
-                # The kernels' own fastmath flags: without "contract" the activations'
+                # The package's options: compiled without its fastmath flags, the activations'
                 # polynomials ran as separate multiplies and adds, not multiply-adds.
-                compiled = cfunc(signature, cache=True, error_model="numpy", fastmath=set(FASTMATH_FLAGS))(
-                    item.function
-                )
+                compiled = cfunc(signature, **C_FUNCTION_OPTIONS)(item.function)
                 llvm_binding.add_symbol(_symbol(item.name, dtype_name), compiled.address)
                 item.compiled[dtype_name] = compiled
         _ready.add(ready_key)
