@@ -185,7 +185,6 @@ class StackFunction(torch.autograd.Function):
         # Outputs the loss does not use (h_n, c_n, often) then arrive in backward as None,
         # not as zero tensors that would be converted and read.
         ctx.set_materialize_grads(False)
-        ctx.output_like = (output.shape, output.dtype)
         # The kernels' record reads the input, the states and the parameters through
         # views of these tensors' memory, and the output is its own buffer: saving them
         # lets torch's version counters refuse a backward after any of them was changed
@@ -206,12 +205,11 @@ class StackFunction(torch.autograd.Function):
 @once_differentiable
 def _first_order_backward(ctx, marker: torch.Tensor | None, grad_output: torch.Tensor | None,
                           *grad_finals: torch.Tensor | None):
-    ctx.saved_tensors  # noqa: B018 -- the read raises if a saved tensor was modified in place
+    saved = ctx.saved_tensors  # the read raises if a saved tensor was modified in place
     call: StackCall = ctx.call
     grad_state = _state_argument(grad_finals)
     if grad_output is None:
-        shape, dtype = ctx.output_like
-        grad_output = torch.zeros(shape, dtype=dtype)
+        grad_output = torch.zeros_like(saved[-1])  # the output, saved last
     grad_x, grad_initials, param_grads = call.backward(ctx.fastrnn_saved, _as_array(grad_output), grad_state)
     needs = ctx.needs_input_grad  # (call, x, *states, *params)
     grads: list[torch.Tensor | None] = [None, torch.from_numpy(grad_x) if needs[1] else None]
